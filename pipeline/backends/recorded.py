@@ -1,0 +1,178 @@
+"""The `recorded` backend: responses collected elsewhere, imported as their own deployment.
+
+Two formats:
+
+- `speechmap`: `../shared/data/speechmap_responses.parquet` as its data card describes it.
+  topic = `<criticism_target>_criticism`; topic_group = `china_political` for China,
+  `government_criticism` otherwise; `judge_label` (COMPLETE/EVASIVE/DENIAL/ERROR_*) is kept,
+  mapped to our labels, as `source_label`.
+- `generic`: a JSONL or Parquet file with the columns below (only the first three required).
+
+| column | meaning |
+|---|---|
+| `model` | model name |
+| `prompt` | the user message as sent |
+| `response` | the assistant's visible answer (null if the request failed) |
+| `language` | ISO 639-1 of the prompt (default `und`) |
+| `topic`, `topic_group`, `question_id` | default `recorded`, `recorded`, a hash of the prompt |
+| `reasoning`, `finish_reason`, `error` | as returned by the API |
+| `streamed_text` | what was shown while streaming, if it differs from `response` |
+| `rep` | repetition number (default: numbered per model and prompt) |
+| `label` | a label given elsewhere (`complied/refused/evasive/error`), kept as `source_label` |
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.backends.base import split_reasoning
+from pipeline.config import RecordedSource
+from pipeline.errors import UserError
+from pipeline.prompts import PROMPT_SCHEMA, prompt_row
+
+SPEECHMAP_LABELS = {
+    "COMPLETE": "complied",
+    "EVASIVE": "evasive",
+    "DENIAL": "refused",
+    "ERROR_ORIGINAL_MODERATION": "error",
+    "ERROR_ORIGINAL_RESPONSE": "error",
+    "ERROR": "error",
+}
+
+GENERIC_REQUIRED = ("model", "prompt", "response")
+
+
+def _read_any(path: Path) -> pa.Table:
+    if path.suffix == ".parquet":
+        try:
+            return pq.read_table(path)
+        except Exception as exc:
+            raise UserError(f"{path}: cannot read as Parquet: {exc}") from None
+    if path.suffix in (".jsonl", ".json"):
+        rows = []
+        with path.open(encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as exc:
+                        raise UserError(f"{path}: line {n}: not valid JSON: {exc.msg}") from None
+        return pa.Table.from_pylist(rows)
+    raise UserError(f"{path}: recorded responses must be .parquet or .jsonl")
+
+
+def _speechmap_rows(table: pa.Table, path: Path) -> list[dict]:
+    needed = {"model", "question_id", "question", "prompt_language", "criticism_target", "response_text"}
+    missing = needed - set(table.column_names)
+    if missing:
+        raise UserError(f"{path}: not a SpeechMap file: missing column(s) {', '.join(sorted(missing))}")
+    out = []
+    for r in table.to_pylist():
+        target = r["criticism_target"]
+        visible, think = split_reasoning(r.get("response_text"))
+        reasoning = r.get("reasoning_text")
+        out.append(
+            {
+                "model": r["model"],
+                "topic": f"{target}_criticism",
+                "topic_group": "china_political" if target == "china" else "government_criticism",
+                "question_id": r["question_id"],
+                "language": r["prompt_language"],
+                "prompt": r["question"],
+                "response_text": visible,
+                "reasoning_text": reasoning if reasoning is not None else think,
+                "finish_reason": r.get("finish_reason"),
+                "error": r.get("error_message") or None,
+                "streamed_text": None,
+                "rep": 0,
+                "source_label": SPEECHMAP_LABELS.get(r.get("judge_label") or "", None),
+            }
+        )
+    return out
+
+
+def _generic_rows(table: pa.Table, path: Path) -> list[dict]:
+    missing = [c for c in GENERIC_REQUIRED if c not in table.column_names]
+    if missing:
+        raise UserError(f"{path}: missing required column(s) {', '.join(missing)} (see the recorded format)")
+    out = []
+    seen: dict[tuple[str, str], int] = {}
+    for i, r in enumerate(table.to_pylist()):
+        if not r.get("model") or not r.get("prompt"):
+            raise UserError(f"{path}: row {i + 1}: 'model' and 'prompt' must be non-empty")
+        lang = r.get("language") or "und"
+        visible, think = split_reasoning(r.get("response"))
+        key = (r["model"], r["prompt"])
+        rep = r.get("rep")
+        if rep is None:
+            rep = seen.get(key, 0)
+            seen[key] = rep + 1
+        out.append(
+            {
+                "model": r["model"],
+                "topic": r.get("topic") or "recorded",
+                "topic_group": r.get("topic_group") or "recorded",
+                "question_id": r.get("question_id") or None,
+                "language": lang,
+                "prompt": r["prompt"],
+                "response_text": visible,
+                "reasoning_text": r.get("reasoning") if r.get("reasoning") is not None else think,
+                "finish_reason": r.get("finish_reason"),
+                "error": r.get("error") or None,
+                "streamed_text": r.get("streamed_text"),
+                "rep": int(rep),
+                "source_label": r.get("label"),
+            }
+        )
+    return out
+
+
+def load_recorded(source: RecordedSource, path: Path, study: str) -> tuple[pa.Table, list[dict]]:
+    """Read a recorded file: (prompt variants, sample rows without run/deployment fields)."""
+    table = _read_any(path)
+    rows = _speechmap_rows(table, path) if source.format == "speechmap" else _generic_rows(table, path)
+    if source.models is not None:
+        rows = [r for r in rows if r["model"] in source.models]
+    if source.languages is not None:
+        rows = [r for r in rows if r["language"] in source.languages]
+    if source.limit_per_model is not None:
+        kept: dict[str, int] = {}
+        limited = []
+        for r in rows:
+            if kept.get(r["model"], 0) < source.limit_per_model:
+                kept[r["model"]] = kept.get(r["model"], 0) + 1
+                limited.append(r)
+        rows = limited
+    if not rows:
+        raise UserError(f"{path}: no rows left after the study's filters (models/languages)")
+
+    prompts: dict[str, dict] = {}
+    for r in rows:
+        qid = r["question_id"] or "q-" + hashlib.sha256(r["prompt"].encode()).hexdigest()[:12]
+        p = prompt_row(
+            study=study,
+            source=f"recorded:{source.deployment}",
+            topic=r["topic"],
+            topic_group=r["topic_group"],
+            question_id=qid,
+            language=r["language"],
+            template_id="recorded",
+            system_prompt_id="unknown",
+            system_prompt=None,
+            prompt_text=r.pop("prompt"),
+        )
+        prompts.setdefault(p["prompt_id"], p)
+        r["prompt_id"] = p["prompt_id"]
+        r["question_id"] = qid
+        r["template_id"] = "recorded"
+        r["system_prompt_id"] = "unknown"
+    keys = [(r["model"], r["prompt_id"], r["rep"]) for r in rows]
+    if len(set(keys)) != len(keys):
+        dupes = len(keys) - len(set(keys))
+        raise UserError(f"{path}: {dupes} duplicate (model, prompt, rep) rows: give each repeat its own 'rep'")
+    return pa.Table.from_pylist(list(prompts.values()), schema=PROMPT_SCHEMA), rows

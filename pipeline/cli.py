@@ -1,0 +1,177 @@
+"""The `refusals` command line (CONTRACT.md). Expected bad input exits non-zero with a message,
+no traceback."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import sys
+from typing import Sequence
+
+from pipeline.errors import UserError, ValidationFailed
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for noisy in ("great_expectations", "vllm", "ray", "filelock", "urllib3", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pipeline.run import run_all
+
+    result = run_all(args.study, run_id=args.run_id, data_dir=args.data_dir, force=args.force)
+    if result.get("skipped"):
+        print(f"run {result['run_id']} is already published; nothing to do (--force redoes it)")
+    else:
+        print(f"run {result['run_id']} published")
+        print(f"warehouse: {result['warehouse']}")
+        for kind, path in result["report"].items():
+            print(f"report ({kind}): {path}")
+    return 0
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from pipeline.classify import classify_file
+
+    n = classify_file(args.input, args.output)
+    print(f"labelled {n} responses → {args.output}")
+    return 0
+
+
+def _print_rows(cols: list[str], rows: list[tuple], fmt: str) -> None:
+    if fmt == "csv":
+        w = csv.writer(sys.stdout)
+        w.writerow(cols)
+        w.writerows(rows)
+    elif fmt == "json":
+        json.dump([dict(zip(cols, r)) for r in rows], sys.stdout, default=str, ensure_ascii=False, indent=1)
+        print()
+    else:
+        cells = [[("NULL" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)) for v in r] for r in rows]
+        widths = [min(60, max([len(c)] + [len(r[i]) for r in cells])) for i, c in enumerate(cols)]
+        print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
+        print("  ".join("-" * w for w in widths))
+        for r in cells:
+            print("  ".join((v if len(v) <= w else v[: w - 1] + "…").ljust(w) for v, w in zip(r, widths)))
+        print(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    import duckdb
+
+    from pipeline.paths import DataDir
+    from pipeline.warehouse import query
+
+    try:
+        cols, rows = query(DataDir.from_env(args.data_dir), args.query)
+    except duckdb.Error as exc:
+        raise UserError(f"SQL error: {exc}") from None
+    _print_rows(cols, rows, args.format)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pipeline.paths import DataDir
+    from pipeline.report import write_report
+
+    paths = write_report(DataDir.from_env(args.data_dir), week=args.week)
+    for kind, path in paths.items():
+        print(f"report ({kind}): {path}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from pipeline.eval_classifier import evaluate
+
+    result = evaluate(args.dataset, split=args.split)
+    print(json.dumps(result.to_dict(), indent=1, default=str) if args.json else result.to_text())
+    return 0
+
+
+def cmd_warehouse(args: argparse.Namespace) -> int:
+    from pipeline.paths import DataDir
+    from pipeline.warehouse import build
+
+    counts = build(DataDir.from_env(args.data_dir), rebuild=args.rebuild)
+    for name, n in counts.items():
+        print(f"{name}: {n} rows")
+    return 0
+
+
+def cmd_prepare_model(args: argparse.Namespace) -> int:
+    from pipeline.model_prep import prepare_builtin
+
+    print(prepare_builtin(args.name))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="refusals", description="Refusal statistics at scale.")
+    p.add_argument("--data-dir", default=None, help="data folder (default ./data or $REFUSALS_DATA_DIR)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="all stages for one study, locally, no Airflow")
+    r.add_argument("--study", required=True, help="study YAML file")
+    r.add_argument("--run-id", default=None, help="resume or name a run (default: <study>-<UTC time>)")
+    r.add_argument("--force", action="store_true", help="redo a run that is already published")
+    r.set_defaults(func=cmd_run)
+
+    c = sub.add_parser("classify", help="label responses in a .jsonl or .parquet file")
+    c.add_argument("--input", required=True)
+    c.add_argument("--output", required=True)
+    c.set_defaults(func=cmd_classify)
+
+    s = sub.add_parser("sql", help="ad hoc SQL on the warehouse, read-only")
+    s.add_argument("query")
+    s.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    s.set_defaults(func=cmd_sql)
+
+    rep = sub.add_parser("report", help="write the weekly report (HTML and Markdown)")
+    rep.add_argument("--week", default=None, help="YYYY-Www (default: the latest week with data)")
+    rep.set_defaults(func=cmd_report)
+
+    e = sub.add_parser("eval-classifier", help="agreement of the classifier with labelled data")
+    e.add_argument("--dataset", default="xstest", help="xstest, speechmap or a path")
+    e.add_argument("--split", choices=["all", "dev", "heldout"], default="all")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_eval)
+
+    w = sub.add_parser("warehouse", help="load published runs into the warehouse and rebuild the marts")
+    w.add_argument("--rebuild", action="store_true", help="drop everything and rebuild from the lake")
+    w.set_defaults(func=cmd_warehouse)
+
+    m = sub.add_parser("prepare-model", help="convert a builtin model (e.g. smollm2) once, print its folder")
+    m.add_argument("name", nargs="?", default="smollm2")
+    m.set_defaults(func=cmd_prepare_model)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.data_dir:
+        os.environ["REFUSALS_DATA_DIR"] = args.data_dir
+    _setup_logging(args.verbose)
+    try:
+        return int(args.func(args) or 0)
+    except (UserError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ValidationFailed as exc:
+        print(f"validation failed: {exc}", file=sys.stderr)
+        if exc.summary_path:
+            print(f"summary: {exc.summary_path}", file=sys.stderr)
+        return 3
+    except ValueError as exc:
+        # the classifier's file helpers raise ValueError for bad input files
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+

@@ -1,0 +1,84 @@
+"""Atomic Parquet writes and the lake's layout.
+
+A file is written under a temporary name in its final folder and renamed into place, so a
+reader (or a resumed run) sees either the whole file or nothing. A folder is published the
+same way: built beside its target, then renamed over it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.paths import partition_value
+
+TMP_PREFIX = ".tmp-"
+
+
+def write_parquet_atomic(table: pa.Table, path: Path) -> Path:
+    """Write one Parquet file atomically (temp name in the same folder, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f"{TMP_PREFIX}{uuid.uuid4().hex}-{path.name}"
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_json_atomic(data: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f"{TMP_PREFIX}{uuid.uuid4().hex}-{path.name}"
+    try:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str), encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def parquet_files(folder: Path) -> list[Path]:
+    """Finished Parquet files under a folder (temporary files are ignored)."""
+    if not folder.exists():
+        return []
+    return sorted(p for p in folder.rglob("*.parquet") if not p.name.startswith(TMP_PREFIX))
+
+
+def read_folder(folder: Path, columns: list[str] | None = None) -> pa.Table | None:
+    """All finished Parquet files under a folder as one table (None when there are none).
+
+    Key columns live inside the files, so directory names are never parsed back.
+    """
+    files = parquet_files(folder)
+    if not files:
+        return None
+    tables = [pq.read_table(f, columns=columns) for f in files]
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def hive_path(root: Path, **parts: str) -> Path:
+    """`root/k1=v1/k2=v2/...` with URI-encoded values."""
+    path = root
+    for key, value in parts.items():
+        path = path / f"{key}={partition_value(value)}"
+    return path
+
+
+def replace_folder(src: Path, dst: Path) -> None:
+    """Publish `src` as `dst`: a rerun replaces what was there, never appends to it."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    old = None
+    if dst.exists():
+        old = dst.parent / f"{TMP_PREFIX}old-{uuid.uuid4().hex}-{dst.name}"
+        os.replace(dst, old)
+    os.replace(src, dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

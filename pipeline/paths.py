@@ -1,0 +1,82 @@
+"""Where things live: the repository, the data folder and its lake, warehouse and reports.
+
+The data folder is `./data` by default or `$REFUSALS_DATA_DIR` (CONTRACT.md).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def shared_data_dir() -> Path:
+    """The public labelled data (`../shared/data` beside the repository, or $REFUSALS_SHARED_DATA)."""
+    return Path(os.environ.get("REFUSALS_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+def resolve(path: str | os.PathLike[str], base: Path) -> Path:
+    """A path as given, or relative to `base` when it is not absolute.
+
+    `~` and `$VARS` are expanded, so a study can say `$REFUSALS_SHARED_DATA/x.parquet`.
+    """
+    text = str(path)
+    if "$REFUSALS_SHARED_DATA" in text or "${REFUSALS_SHARED_DATA}" in text:
+        shared = str(shared_data_dir())
+        text = text.replace("${REFUSALS_SHARED_DATA}", shared).replace("$REFUSALS_SHARED_DATA", shared)
+    p = Path(os.path.expandvars(os.path.expanduser(text)))
+    return p if p.is_absolute() else (base / p)
+
+
+def partition_value(value: str) -> str:
+    """A hive partition directory value: URI-encoded, as pyarrow and Spark write them.
+
+    Model names contain `/` (e.g. `openai/gpt-4o`), which must not become a directory.
+    """
+    return quote(str(value), safe="")
+
+
+@dataclass(frozen=True)
+class DataDir:
+    """The layout under one data folder."""
+
+    root: Path
+
+    @classmethod
+    def from_env(cls, override: str | os.PathLike[str] | None = None) -> "DataDir":
+        root = override or os.environ.get("REFUSALS_DATA_DIR") or "data"
+        return cls(Path(root).resolve())
+
+    @property
+    def lake(self) -> Path:
+        return self.root / "lake"
+
+    @property
+    def staging(self) -> Path:
+        return self.root / "staging"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.root / "quarantine"
+
+    @property
+    def warehouse(self) -> Path:
+        return self.root / "warehouse.duckdb"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def runs(self) -> Path:
+        """One JSON record per run (the `runs` table of the warehouse reads these)."""
+        return self.lake / "runs"
+
+    def staging_run(self, run_id: str) -> Path:
+        return self.staging / run_id
+
+    def dataset(self, name: str) -> Path:
+        return self.lake / name

@@ -1,0 +1,285 @@
+"""A run of a study: the stages in order, each a plain function the CLI and the DAG share.
+
+    prepare → sample → label → validate → publish → warehouse → report
+
+State lives on disk under `data/staging/<run_id>/` (`run.json`, prompts, samples, labels), so
+each stage can run in its own process (an Airflow task) and a killed run resumes where it
+stopped. `publish` moves the audited run into the lake; the run record is written last, so
+the warehouse never sees half a run.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.config import LoadedStudy, load_study
+from pipeline.errors import UserError
+from pipeline.lake import hive_path, parquet_files, read_folder, replace_folder, write_json_atomic, write_parquet_atomic
+from pipeline.paths import REPO_ROOT, DataDir
+
+log = logging.getLogger(__name__)
+
+RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+-]{0,127}$")
+
+
+def code_version() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+        if out.returncode == 0:
+            return out.stdout.strip()
+    except OSError:
+        pass
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("refusals")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def default_run_id(study: str, when: datetime | None = None) -> str:
+    when = when or datetime.now(timezone.utc)
+    return f"{study}-{when:%Y%m%dT%H%M%SZ}"
+
+
+def iso_week(d: date) -> str:
+    y, w, _ = d.isocalendar()
+    return f"{y}-W{w:02d}"
+
+
+@dataclass
+class RunContext:
+    """What every stage needs: the study, the run id and where its files are."""
+
+    loaded: LoadedStudy
+    run_id: str
+    data: DataDir
+
+    @property
+    def staging(self) -> Path:
+        return self.data.staging_run(self.run_id)
+
+    @property
+    def record_path(self) -> Path:
+        return self.staging / "run.json"
+
+    def record(self) -> dict[str, Any]:
+        import json
+
+        return json.loads(self.record_path.read_text(encoding="utf-8"))
+
+
+
+def context(study_path: str | Path, run_id: str | None, data_dir: str | Path | None = None) -> RunContext:
+    loaded = load_study(study_path)
+    run_id = run_id or default_run_id(loaded.study.name)
+    if not RUN_ID.match(run_id):
+        raise UserError(f"run id {run_id!r}: use letters, digits and . _ : + - (at most 128)")
+    return RunContext(loaded, run_id, DataDir.from_env(data_dir))
+
+
+# --------------------------------------------------------------------------- stages
+
+
+def prepare(ctx: RunContext, run_date: date | None = None) -> dict[str, Any]:
+    """Create (or reuse, on resume) the staging folder, the run record and the prompt variants."""
+    from pipeline.prompts import write_prompts
+
+    ctx.staging.mkdir(parents=True, exist_ok=True)
+    if ctx.record_path.exists():
+        record = ctx.record()
+        if record["study_hash"] != ctx.loaded.study_hash:
+            raise UserError(
+                f"{ctx.loaded.path}: run {ctx.run_id} was started from a different version of this study "
+                f"(hash {record['study_hash']} vs {ctx.loaded.study_hash}); use a new --run-id"
+            )
+        log.info("resuming run %s (started %s)", ctx.run_id, record["started_at"])
+    else:
+        now = datetime.now(timezone.utc)
+        run_date = run_date or now.date()
+        record = {
+            "run_id": ctx.run_id,
+            "study": ctx.loaded.study.name,
+            "study_path": str(ctx.loaded.path),
+            "study_hash": ctx.loaded.study_hash,
+            "run_date": run_date.isoformat(),
+            "week": iso_week(run_date),
+            "started_at": now.isoformat(),
+            "code_version": code_version(),
+            "repetitions": ctx.loaded.study.repetitions,
+        }
+        write_json_atomic(record, ctx.record_path)
+    if ctx.loaded.study.models:
+        write_prompts(ctx.loaded, ctx.staging / "prompts")
+    return record
+
+
+def sample(ctx: RunContext) -> list[dict[str, Any]]:
+    from pipeline.sample import sample_study
+
+    return [s.__dict__ for s in sample_study(ctx.loaded, ctx.run_id, ctx.staging)]
+
+
+def label(ctx: RunContext) -> int:
+    from pipeline.label import label_run
+
+    return label_run(ctx.staging)
+
+
+def expected_counts(ctx: RunContext) -> dict[str, Any]:
+    """What a complete run must contain, from the study and the staged prompts."""
+    study = ctx.loaded.study
+    prompts = read_folder(ctx.staging / "prompts", columns=["prompt_id", "source", "language"])
+    if prompts is None:
+        raise UserError(f"run {ctx.run_id}: no prompts staged; run the prepare stage first")
+    catalog_n = sum(1 for s in prompts.column("source").to_pylist() if s == "catalog")
+    live_models = len(study.models)
+    rows = catalog_n * study.repetitions * live_models
+    max_rep = study.repetitions - 1
+    for f in parquet_files(ctx.staging / "samples"):
+        if f.name == "recorded.parquet":
+            meta = pq.read_metadata(f)
+            rows += meta.num_rows
+            reps = pq.read_table(f, columns=["rep"]).column("rep")
+            max_rep = max(max_rep, pc.max(reps).as_py() or 0)
+    return {
+        "rows": rows,
+        "languages": sorted(set(prompts.column("language").to_pylist()) | set(study.languages)),
+        "max_rep": max_rep,
+        "max_error_rate": study.validation.max_error_rate,
+        "live_prompt_cells": catalog_n * live_models,
+        "repetitions": study.repetitions,
+    }
+
+
+def validate(ctx: RunContext) -> dict[str, Any]:
+    """Run the GX suites; on failure move the run to quarantine and raise ValidationFailed."""
+    from pipeline.validate import quarantine, validate_run
+
+    outcome = validate_run(ctx.staging, ctx.run_id, expected_counts(ctx))
+    if not outcome.success:
+        quarantine(ctx.staging, ctx.data.quarantine, outcome)
+    log.info("run %s passed validation (%d suites)", ctx.run_id, len(outcome.suites))
+    return outcome.to_dict()
+
+
+def _publish_dataset(ctx: RunContext, name: str, split_language: bool) -> int:
+    """Copy one staged dataset into the lake layout and swap it in atomically."""
+    record = ctx.record()
+    target = hive_path(ctx.data.dataset(name), study=ctx.loaded.study.name, run_date=record["run_date"], run_id=ctx.run_id)
+    build = target.parent / f".tmp-publish-{ctx.run_id}"
+    shutil.rmtree(build, ignore_errors=True)
+    n = 0
+    src_root = ctx.staging / name
+    groups: dict[Path, list[Path]] = {}
+    for f in parquet_files(src_root):
+        groups.setdefault(f.parent, []).append(f)
+    for folder, files in groups.items():
+        table = pa.concat_tables([pq.read_table(f) for f in files], promote_options="default")
+        rel = folder.relative_to(src_root)
+        if split_language:
+            for lang in sorted(set(table.column("language").to_pylist())):
+                part = table.filter(pc.equal(table.column("language"), lang))
+                write_parquet_atomic(part, hive_path(build / rel, language=lang) / "part-0.parquet")
+        else:
+            write_parquet_atomic(table, build / rel / "part-0.parquet")
+        n += table.num_rows
+    replace_folder(build, target)
+    return n
+
+
+def publish(ctx: RunContext, validation: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Move an audited run from staging into the lake; write the run record last."""
+    import json
+
+    if not (ctx.staging / "validation.json").exists():
+        raise UserError(f"run {ctx.run_id}: not validated; run the validate stage first")
+    validation = validation or json.loads((ctx.staging / "validation.json").read_text())
+    if not validation["success"]:
+        raise UserError(f"run {ctx.run_id}: validation failed; it cannot be published")
+    counts = {
+        "prompts": _publish_dataset(ctx, "prompts", split_language=False),
+        "samples": _publish_dataset(ctx, "samples", split_language=True),
+        "labels": _publish_dataset(ctx, "labels", split_language=True),
+    }
+    record = ctx.record()
+    samples = read_folder(ctx.staging / "samples", columns=["model", "deployment", "error"])
+    run_row = {
+        "run_id": ctx.run_id,
+        "study": record["study"],
+        "study_hash": record["study_hash"],
+        "run_date": date.fromisoformat(record["run_date"]),
+        "week": record["week"],
+        "started_at": datetime.fromisoformat(record["started_at"]),
+        "published_at": datetime.now(timezone.utc),
+        "code_version": record["code_version"],
+        "n_prompts": counts["prompts"],
+        "n_samples": counts["samples"],
+        "n_errors": samples.num_rows - samples.column("error").null_count,
+        "repetitions": record["repetitions"],
+        "models": json.dumps(sorted(set(samples.column("model").to_pylist())), ensure_ascii=False),
+        "deployments": json.dumps(sorted(set(samples.column("deployment").to_pylist()))),
+        "classifier": _classifier_version(),
+        "validation": json.dumps(validation, default=str),
+    }
+    path = hive_path(ctx.data.dataset("runs"), study=record["study"], run_id=ctx.run_id) / "run.parquet"
+    write_parquet_atomic(pa.Table.from_pylist([run_row]), path)
+    shutil.rmtree(ctx.staging, ignore_errors=True)
+    log.info("published run %s: %s", ctx.run_id, counts)
+    return counts
+
+
+def _classifier_version() -> str:
+    from pipeline.classify import CLASSIFIER_NAME, CLASSIFIER_VERSION
+
+    return f"{CLASSIFIER_NAME}-{CLASSIFIER_VERSION}"
+
+
+def warehouse(ctx: RunContext) -> dict[str, int]:
+    from pipeline.warehouse import build
+
+    return build(ctx.data, run_ids=[ctx.run_id])
+
+
+def report(ctx: RunContext, week: str | None = None) -> dict[str, str]:
+    from pipeline.report import write_report
+
+    paths = write_report(ctx.data, week=week)
+    return {k: str(v) for k, v in paths.items()}
+
+
+def is_published(data: DataDir, run_id: str) -> bool:
+    return any(f"run_id={run_id}" in p.parts for p in parquet_files(data.dataset("runs")))
+
+
+def run_all(study_path: str | Path, run_id: str | None = None, data_dir: str | Path | None = None,
+            force: bool = False) -> dict[str, Any]:
+    """All stages for one study in this process (what `refusals run` does)."""
+    ctx = context(study_path, run_id, data_dir)
+    if is_published(ctx.data, ctx.run_id) and not force:
+        log.info("run %s is already published; nothing to do (use --force to redo it)", ctx.run_id)
+        return {"run_id": ctx.run_id, "skipped": True, "warehouse": str(ctx.data.warehouse)}
+    if force:
+        shutil.rmtree(ctx.staging, ignore_errors=True)
+    prepare(ctx)
+    sample(ctx)
+    label(ctx)
+    validate(ctx)
+    counts = publish(ctx)
+    tables = warehouse(ctx)
+    reports = report(ctx)
+    return {"run_id": ctx.run_id, "published": counts, "warehouse": str(ctx.data.warehouse),
+            "tables": tables, "report": reports}

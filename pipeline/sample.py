@@ -1,0 +1,287 @@
+"""Stage 2: samples. Many seeded repetitions per prompt, from every model of a study.
+
+Work is cut into chunks; each finished chunk is written atomically as its own Parquet file
+under the run's staging folder. A resumed run reads which sample keys are already there and
+asks only for the rest, so a run killed at any point ends with every key exactly once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.backends.base import RESULT_FIELDS, Request, SamplingSettings
+from pipeline.config import LoadedStudy, ModelSpec
+from pipeline.lake import hive_path, parquet_files, write_parquet_atomic
+
+log = logging.getLogger(__name__)
+
+SAMPLE_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("study", pa.string()),
+        ("model", pa.string()),
+        ("deployment", pa.string()),
+        ("backend", pa.string()),
+        ("prompt_id", pa.string()),
+        ("rep", pa.int32()),
+        ("seed", pa.int64()),
+        ("topic", pa.string()),
+        ("topic_group", pa.string()),
+        ("question_id", pa.string()),
+        ("language", pa.string()),
+        ("template_id", pa.string()),
+        ("system_prompt_id", pa.string()),
+        ("temperature", pa.float64()),
+        ("top_p", pa.float64()),
+        ("max_tokens", pa.int32()),
+        ("response_text", pa.string()),
+        ("reasoning_text", pa.string()),
+        ("finish_reason", pa.string()),
+        ("prompt_tokens", pa.int32()),
+        ("completion_tokens", pa.int32()),
+        ("latency_s", pa.float64()),
+        ("error", pa.string()),
+        ("streamed_text", pa.string()),
+        ("source_label", pa.string()),
+        ("sampled_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+PROMPT_ATTRS = ("topic", "topic_group", "question_id", "language", "template_id", "system_prompt_id")
+
+
+def derive_seed(study_seed: int, run_id: str, prompt_id: str, rep: int) -> int:
+    """Per-sample seed from (study seed, run, prompt, rep): reproducible, and independent
+    across prompts (vLLM's `n` would give seeds s, s+1, … that neighbouring prompts share)."""
+    digest = hashlib.sha256(f"{study_seed}|{run_id}|{prompt_id}|{rep}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & (2**63 - 1)
+
+
+class Progress:
+    """A periodic progress line: done / total, samples per second, ETA."""
+
+    def __init__(self, label: str, total: int, done: int = 0, every_s: float = 10.0) -> None:
+        self.label, self.total, self.done = label, total, done
+        self.start_done = done
+        self.t0 = self.last = time.monotonic()
+        self.every_s = every_s
+
+    def update(self, n: int, force: bool = False) -> None:
+        self.done += n
+        now = time.monotonic()
+        if force or now - self.last >= self.every_s or self.done >= self.total:
+            self.last = now
+            rate = (self.done - self.start_done) / max(now - self.t0, 1e-9)
+            left = self.total - self.done
+            eta = f"{left / rate:.0f}s" if rate > 0 else "?"
+            log.info(
+                "%s: %d/%d samples (%.0f%%), %.2f samples/s, ETA %s",
+                self.label,
+                self.done,
+                self.total,
+                100.0 * self.done / max(self.total, 1),
+                rate,
+                eta,
+            )
+
+
+@dataclass
+class SampleSummary:
+    model: str
+    deployment: str
+    expected: int
+    sampled_now: int
+    already_done: int
+
+
+def model_dir(samples_dir: Path, deployment: str, model: str) -> Path:
+    return hive_path(samples_dir, deployment=deployment, model=model)
+
+
+def done_keys(folder: Path) -> set[tuple[str, int]]:
+    """(prompt_id, rep) keys already written under a model's staging folder."""
+    keys: set[tuple[str, int]] = set()
+    for f in parquet_files(folder):
+        t = pq.read_table(f, columns=["prompt_id", "rep"])
+        keys.update(zip(t.column("prompt_id").to_pylist(), t.column("rep").to_pylist()))
+    return keys
+
+
+def _rows_to_table(
+    results: list[dict],
+    *,
+    run_id: str,
+    study: str,
+    spec_model: str,
+    deployment: str,
+    backend: str,
+    prompts: dict[str, dict],
+    settings: SamplingSettings | None,
+) -> pa.Table:
+    now = datetime.now(timezone.utc)
+    rows = []
+    for r in results:
+        p = prompts[r["prompt_id"]]
+        row = {k: r.get(k) for k in RESULT_FIELDS}
+        row.update({a: p[a] for a in PROMPT_ATTRS})
+        row.update(
+            run_id=run_id,
+            study=study,
+            model=spec_model,
+            deployment=deployment,
+            backend=backend,
+            temperature=settings.temperature if settings else None,
+            top_p=settings.top_p if settings else None,
+            max_tokens=settings.max_tokens if settings else None,
+            source_label=r.get("source_label"),
+            sampled_at=now,
+        )
+        rows.append(row)
+    return pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA)
+
+
+def plan_requests(
+    prompts: pa.Table, repetitions: int, study_seed: int, run_id: str, done: set[tuple[str, int]]
+) -> list[Request]:
+    """Every (prompt, rep) not yet sampled, in a deterministic order (reps of a prompt together,
+    so that prefix caching shares their prefill)."""
+    out = []
+    for p in prompts.select(["prompt_id", "messages"]).to_pylist():
+        for rep in range(repetitions):
+            if (p["prompt_id"], rep) not in done:
+                out.append(Request(p["prompt_id"], rep, derive_seed(study_seed, run_id, p["prompt_id"], rep), p["messages"]))
+    return out
+
+
+def init_ray(address: str | None) -> None:
+    """Connect to a Ray cluster by address, or start a local one (quiet logs, no dashboard)."""
+    import os
+
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    kwargs = dict(log_to_driver=False, logging_level="WARNING")
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(include_dashboard=False, **kwargs)
+
+
+def sample_vllm(
+    loaded: LoadedStudy,
+    spec: ModelSpec,
+    run_id: str,
+    prompts: pa.Table,
+    samples_dir: Path,
+) -> SampleSummary:
+    """Sample one vLLM model over Ray: `replicas` engine actors, chunks of `batch_size`."""
+    import ray
+
+    from pipeline.backends.vllm_backend import engine_actor
+    from pipeline.model_prep import resolve_model_path
+
+    study = loaded.study
+    folder = model_dir(samples_dir, spec.deployment, spec.name)
+    done = done_keys(folder)
+    expected = prompts.num_rows * study.repetitions
+    requests = plan_requests(prompts, study.repetitions, study.seed, run_id, done)
+    summary = SampleSummary(spec.name, spec.deployment, expected, len(requests), len(done))
+    if not requests:
+        log.info("%s @ %s: all %d samples already present", spec.name, spec.deployment, expected)
+        return summary
+
+    model_path = str(resolve_model_path(spec.model_path or "", loaded.base_dir))
+    settings = SamplingSettings(study.sampling.temperature, study.sampling.top_p, study.sampling.max_tokens)
+    by_id = {p["prompt_id"]: p for p in prompts.to_pylist()}
+    init_ray(study.ray_address)
+    Actor = engine_actor(spec.engine)
+    actors = [Actor.remote(model_path, spec.engine, study.seed) for _ in range(spec.engine.replicas)]
+    bs = spec.engine.batch_size
+    chunks = [requests[i : i + bs] for i in range(0, len(requests), bs)]
+    progress = Progress(f"sampling {spec.name} @ {spec.deployment}", expected, len(done))
+    log.info("%s @ %s: %d samples to draw (%d already present), %d replica(s)",
+             spec.name, spec.deployment, len(requests), len(done), len(actors))
+    try:
+        in_flight: dict = {}
+        next_chunk = 0
+        # Two chunks in flight per actor keep each engine busy while the driver writes.
+        while next_chunk < len(chunks) or in_flight:
+            while next_chunk < len(chunks) and len(in_flight) < 2 * len(actors):
+                actor = actors[next_chunk % len(actors)]
+                ref = actor.generate.remote(chunks[next_chunk], settings)
+                in_flight[ref] = next_chunk
+                next_chunk += 1
+            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            ref = ready[0]
+            in_flight.pop(ref)
+            results = ray.get(ref)
+            table = _rows_to_table(
+                results, run_id=run_id, study=study.name, spec_model=spec.name,
+                deployment=spec.deployment, backend="vllm", prompts=by_id, settings=settings,
+            )
+            write_parquet_atomic(table, folder / f"chunk-{uuid.uuid4().hex[:12]}.parquet")
+            progress.update(table.num_rows)
+    finally:
+        for a in actors:
+            ray.kill(a)
+    return summary
+
+
+def import_recorded(loaded: LoadedStudy, run_id: str, prompts_dir: Path, samples_dir: Path) -> list[SampleSummary]:
+    """Import every recorded source of the study into staging (prompts and samples)."""
+    from pipeline.backends.recorded import load_recorded
+
+    out = []
+    for source in loaded.study.recorded:
+        path = loaded.resolve(source.path)
+        prompt_table, rows = load_recorded(source, path, loaded.study.name)
+        write_parquet_atomic(prompt_table, prompts_dir / f"recorded-{source.deployment}.parquet")
+        by_id = {p["prompt_id"]: p for p in prompt_table.to_pylist()}
+        by_model: dict[str, list[dict]] = {}
+        for r in rows:
+            by_model.setdefault(r["model"], []).append(r)
+        for model, model_rows in by_model.items():
+            for r in model_rows:
+                r["seed"] = None
+                for k in ("prompt_tokens", "completion_tokens", "latency_s"):
+                    r.setdefault(k, None)
+            table = _rows_to_table(
+                model_rows, run_id=run_id, study=loaded.study.name, spec_model=model,
+                deployment=source.deployment, backend="recorded", prompts=by_id, settings=None,
+            )
+            folder = model_dir(samples_dir, source.deployment, model)
+            # A re-import replaces the model's file: recorded data is imported whole.
+            for old in parquet_files(folder):
+                old.unlink()
+            write_parquet_atomic(table, folder / "recorded.parquet")
+            out.append(SampleSummary(model, source.deployment, table.num_rows, table.num_rows, 0))
+        log.info("recorded %s: %d responses of %d models from %s", source.deployment, len(rows), len(by_model), path)
+    return out
+
+
+def sample_study(loaded: LoadedStudy, run_id: str, staging_run: Path) -> list[SampleSummary]:
+    """Run the sampling stage for every model and recorded source of a study."""
+    prompts_dir = staging_run / "prompts"
+    samples_dir = staging_run / "samples"
+    summaries = import_recorded(loaded, run_id, prompts_dir, samples_dir)
+    if loaded.study.models:
+        catalog_prompts = pq.read_table(prompts_dir / "catalog.parquet")
+        for spec in loaded.study.models:
+            if spec.backend == "vllm":
+                summaries.append(sample_vllm(loaded, spec, run_id, catalog_prompts, samples_dir))
+            else:
+                from pipeline.backends.openai_backend import sample_openai
+
+                summaries.append(sample_openai(loaded, spec, run_id, catalog_prompts, samples_dir))
+    return summaries

@@ -1,0 +1,80 @@
+-- refusal_rates: model × deployment × topic × language × week, rebuilt from prompt_stats
+-- (small: one row per prompt), so a new run never rescans old samples.
+--
+-- The interval respects clustering: repetitions of one prompt are correlated, so the
+-- variance of the ratio estimator p = Σ r_g / Σ m_g is the cluster-robust (CR1) one over
+-- prompts g. It enters a Wilson interval through the effective sample size
+-- n_eff = p(1-p) / se², bounded to [number of prompts, number of samples]; when p is 0 or 1
+-- (se = 0) n_eff is the number of prompts, the conservative end.
+CREATE OR REPLACE TABLE refusal_rates AS
+WITH source AS (
+    SELECT * FROM prompt_stats WHERE n_valid > 0
+),
+cells AS (
+    SELECT model, deployment, topic, any_value(topic_group) AS topic_group, language, week,
+           count(*) AS n_prompts,
+           sum(n_samples) AS n_samples,
+           sum(n_valid) AS n_valid,
+           sum(n_refused) AS n_refused,
+           sum(n_evasive) AS n_evasive,
+           sum(n_error) AS n_error,
+           sum(n_answers_lang_known) AS n_answers_lang_known,
+           sum(n_language_mismatch) AS n_language_mismatch,
+           avg(CASE WHEN flips THEN 1.0 ELSE 0.0 END) AS flip_rate,
+           var_pop(p_refused) AS var_between,
+           avg(p_refused * (1 - p_refused)) AS var_within,
+           sum(n_refused) / sum(n_valid) AS refusal_rate
+    FROM source
+    GROUP BY model, deployment, topic, language, week
+),
+-- errors are counted over all samples, including prompts whose every sample failed
+errors AS (
+    SELECT model, deployment, topic, language, week,
+           sum(n_error) AS n_error_all, sum(n_samples) AS n_samples_all
+    FROM prompt_stats
+    GROUP BY ALL
+),
+robust AS (
+    SELECT c.model, c.deployment, c.topic, c.language, c.week,
+           CASE WHEN count(*) > 1 THEN
+               count(*) / (count(*) - 1.0)
+               * sum(power(s.n_refused - c.refusal_rate * s.n_valid, 2)) / power(sum(s.n_valid), 2)
+           END AS se2
+    FROM source AS s
+    JOIN cells AS c USING (model, deployment, topic, language, week)
+    GROUP BY ALL
+),
+effective AS (
+    SELECT c.*, r.se2,
+           CASE
+               WHEN c.n_prompts < 2 OR r.se2 IS NULL OR r.se2 = 0 THEN c.n_prompts::DOUBLE
+               ELSE greatest(c.n_prompts, least(c.n_valid, c.refusal_rate * (1 - c.refusal_rate) / r.se2))
+           END AS n_eff,
+           1.959963984540054 AS z
+    FROM cells AS c
+    JOIN robust AS r USING (model, deployment, topic, language, week)
+),
+final AS (
+    SELECT e.*, coalesce(x.n_error_all, 0) AS n_error_all, x.n_samples_all FROM effective AS e
+    JOIN errors AS x USING (model, deployment, topic, language, week)
+)
+SELECT model, deployment, topic, topic_group, language, week,
+       n_prompts, n_samples_all AS n_samples, n_valid,
+       refusal_rate,
+       greatest(0.0, (refusal_rate + z * z / (2 * n_eff)
+           - z * sqrt(refusal_rate * (1 - refusal_rate) / n_eff + z * z / (4 * n_eff * n_eff)))
+           / (1 + z * z / n_eff)) AS ci_low,
+       least(1.0, (refusal_rate + z * z / (2 * n_eff)
+           + z * sqrt(refusal_rate * (1 - refusal_rate) / n_eff + z * z / (4 * n_eff * n_eff)))
+           / (1 + z * z / n_eff)) AS ci_high,
+       sqrt(se2) AS cluster_se,
+       n_eff,
+       n_evasive / n_valid AS evasive_rate,
+       n_error_all / n_samples_all AS error_rate,
+       CASE WHEN n_answers_lang_known > 0 THEN n_language_mismatch / n_answers_lang_known END
+           AS language_mismatch_rate,
+       flip_rate,
+       CASE WHEN var_between + var_within > 0 THEN var_between / (var_between + var_within) END
+           AS between_prompt_share
+FROM final
+ORDER BY model, deployment, topic, language, week;
