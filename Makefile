@@ -9,7 +9,7 @@ export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN := sqlite:///$(CURDIR)/.airflow/airflow.db
 export AIRFLOW__CORE__UNIT_TEST_MODE := False
-export AIRFLOW__LOGGING__LOGGING_LEVEL := WARNING
+export AIRFLOW__LOGGING__LOGGING_LEVEL := INFO
 
 .PHONY: demo test venv clean-data airflow-db
 

@@ -172,11 +172,25 @@ def load_catalog(directory: Path) -> Catalog:
                 parsed.append(_CLASSES[name].model_validate(item))
             except ValidationError as exc:
                 raise UserError(_format_validation_error(path, exc, f"{name}.{i}")) from None
+        _check_catalog_part(path, name, parsed)
         parts[name] = parsed
     try:
         return Catalog(**parts, source=digest.hexdigest()[:16])
     except ValidationError as exc:
         raise UserError(_format_validation_error(directory, exc)) from None
+
+
+def _check_catalog_part(path: Path, name: str, items: list[Any]) -> None:
+    """Duplicate ids and an empty topic list, reported against the file that holds them."""
+    checks = [(name, [x.id for x in items])]
+    if name == "topics":
+        if not items:
+            raise UserError(f"{path}: field 'topics': the catalog has no topics")
+        checks.append(("topics.questions", [q.id for t in items for q in t.questions]))
+    for field, ids in checks:
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise UserError(f"{path}: field '{field}': duplicate ids: {', '.join(dupes)}")
 
 
 _CLASSES: dict[str, type[BaseModel]] = {

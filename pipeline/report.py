@@ -119,6 +119,7 @@ def _md_escape(text: str | None, limit: int = 300) -> str:
 def render(context: dict[str, Any]) -> tuple[str, str]:
     """(html, markdown) of a report."""
     import jinja2
+    import markupsafe
 
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES),
@@ -127,7 +128,9 @@ def render(context: dict[str, Any]) -> tuple[str, str]:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(pct=_pct, heat=_heat, md=_md_escape, short=lambda t, n=400: (t or "")[:n] + ("…" if t and len(t) > n else ""))
+    # `md` escapes on its own; Markup stops autoescape (on for every .j2) from escaping it twice
+    env.filters.update(pct=_pct, heat=_heat, md=lambda t, limit=300: markupsafe.Markup(_md_escape(t, limit)),
+                       short=lambda t, n=400: (t or "")[:n] + ("…" if t and len(t) > n else ""))
     # heatmap tables: one per (deployment, model), rows = topics, columns = languages
     grids = []
     for dep, model in context["models"]:

@@ -262,7 +262,10 @@ def report(ctx: RunContext, week: str | None = None) -> dict[str, str]:
 
 
 def is_published(data: DataDir, run_id: str) -> bool:
-    return any(f"run_id={run_id}" in p.parts for p in parquet_files(data.dataset("runs")))
+    from pipeline.paths import partition_value
+
+    part = f"run_id={partition_value(run_id)}"
+    return any(part in p.parts for p in parquet_files(data.dataset("runs")))
 
 
 def run_all(study_path: str | Path, run_id: str | None = None, data_dir: str | Path | None = None,

@@ -275,7 +275,12 @@ def sample_study(loaded: LoadedStudy, run_id: str, staging_run: Path) -> list[Sa
     prompts_dir = staging_run / "prompts"
     samples_dir = staging_run / "samples"
     summaries = import_recorded(loaded, run_id, prompts_dir, samples_dir)
-    if loaded.study.models:
+    if not loaded.study.models:
+        return summaries
+    import ray
+
+    started_ray = not ray.is_initialized()
+    try:
         catalog_prompts = pq.read_table(prompts_dir / "catalog.parquet")
         for spec in loaded.study.models:
             if spec.backend == "vllm":
@@ -284,4 +289,7 @@ def sample_study(loaded: LoadedStudy, run_id: str, staging_run: Path) -> list[Sa
                 from pipeline.backends.openai_backend import sample_openai
 
                 summaries.append(sample_openai(loaded, spec, run_id, catalog_prompts, samples_dir))
+    finally:
+        if started_ray and ray.is_initialized():
+            ray.shutdown()
     return summaries

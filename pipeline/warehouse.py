@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.lake import parquet_files
-from pipeline.paths import REPO_ROOT, DataDir
+from pipeline.paths import REPO_ROOT, DataDir, partition_value
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,9 @@ def connect(data: DataDir, read_only: bool = False):
 def run_files(data: DataDir, dataset: str, run_id: str) -> list[str]:
     """The lake files of one published run of one dataset."""
     base = data.dataset(dataset)
-    return [str(p) for p in parquet_files(base) if f"run_id={run_id}" in p.parts]
+    # partition folders hold the URI-encoded value (lake.hive_path): `a:b` is `run_id=a%3Ab`
+    part = f"run_id={partition_value(run_id)}"
+    return [str(p) for p in parquet_files(base) if part in p.parts]
 
 
 def published_runs(data: DataDir) -> list[str]:
@@ -121,6 +123,10 @@ def query(data: DataDir, sql: str, params: list[Any] | None = None) -> tuple[lis
     """Run one read-only query on the warehouse: (column names, rows)."""
     con = connect(data, read_only=True)
     try:
+        # Read-only file, and no reading or writing other files (COPY … TO, read_csv('/etc/…')):
+        # ad hoc SQL can look at the warehouse and nothing else.
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
         cur = con.execute(sql, params or [])
         if cur.description is None:
             return [], []

@@ -62,7 +62,15 @@ def _read_any(path: Path) -> pa.Table:
                         rows.append(json.loads(line))
                     except json.JSONDecodeError as exc:
                         raise UserError(f"{path}: line {n}: not valid JSON: {exc.msg}") from None
-        return pa.Table.from_pylist(rows)
+                    if not isinstance(rows[-1], dict):
+                        raise UserError(f"{path}: line {n}: expected a JSON object, got {type(rows[-1]).__name__}")
+        # Columns are the union over all rows: `from_pylist` alone takes the first row's keys and
+        # would silently drop a key (e.g. `error`) that first appears further down.
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+        try:
+            return pa.Table.from_pydict({c: [r.get(c) for r in rows] for c in columns})
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise UserError(f"{path}: a column has values of different types: {exc}") from None
     raise UserError(f"{path}: recorded responses must be .parquet or .jsonl")
 
 

@@ -1,0 +1,214 @@
+"""The `openai` backend: any OpenAI-compatible chat endpoint (a hosted API, an app's API, a
+`vllm serve` server).
+
+- bounded concurrency (`concurrency` requests in flight);
+- retries with exponential backoff and full jitter on 429, 5xx, timeouts and connection
+  errors, honouring `Retry-After`; after the last try the sample becomes an `error` row;
+- streaming capture: the streamed text is kept when it differs from the final answer (a
+  provider that replaces or cuts an answer after streaming it: a retraction);
+- the API key comes from the environment variable `api_key_env` or, failing that, from the
+  Airflow connection `refusals_<deployment>` (its password); it is never logged or stored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from pipeline.backends.base import Request, SamplingSettings, error_result, split_reasoning
+from pipeline.config import LoadedStudy, ModelSpec
+from pipeline.errors import UserError
+
+log = logging.getLogger(__name__)
+
+RETRYABLE = {408, 409, 425, 429, 500, 502, 503, 504}
+
+
+def api_key(spec: ModelSpec) -> str | None:
+    """The key for a deployment: environment first, then an Airflow connection."""
+    if spec.api_key_env:
+        key = os.environ.get(spec.api_key_env)
+        if key:
+            return key
+    conn_id = f"refusals_{spec.deployment}".replace("-", "_")
+    try:
+        from airflow.sdk import BaseHook  # only when running under Airflow
+
+        return BaseHook.get_connection(conn_id).password or None
+    except Exception:
+        if spec.api_key_env:
+            raise UserError(
+                f"deployment {spec.deployment}: set the environment variable {spec.api_key_env} "
+                f"or the Airflow connection {conn_id} with the API key"
+            ) from None
+        return None
+
+
+class OpenAIClient:
+    """One deployment's HTTP client; `complete` never raises for a failed request."""
+
+    def __init__(self, spec: ModelSpec, *, max_retries: int = 5, timeout_s: float = 120.0,
+                 backoff_base_s: float = 1.0, backoff_cap_s: float = 60.0, stream: bool = True) -> None:
+        import httpx
+
+        self.spec = spec
+        self.url = spec.base_url.rstrip("/") + "/chat/completions"
+        self.model = spec.api_model or spec.name
+        self.max_retries = max_retries
+        self.backoff_base_s, self.backoff_cap_s = backoff_base_s, backoff_cap_s
+        self.stream = stream
+        headers = {"Content-Type": "application/json"}
+        key = api_key(spec)
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        limits = httpx.Limits(max_connections=spec.concurrency, max_keepalive_connections=spec.concurrency)
+        self.http = httpx.Client(headers=headers, timeout=httpx.Timeout(timeout_s, connect=10.0), limits=limits)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _payload(self, req: Request, s: SamplingSettings) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "messages": req.messages,
+            "temperature": s.temperature,
+            "top_p": s.top_p,
+            "max_tokens": s.max_tokens,
+            # most servers take a 32-bit seed; the low bits of ours stay independent per sample
+            "seed": req.seed % 2**31,
+            "stream": self.stream,
+            **({"stream_options": {"include_usage": True}} if self.stream else {}),
+        }
+
+    def _once(self, req: Request, s: SamplingSettings) -> dict[str, Any]:
+        start = time.perf_counter()
+        payload = self._payload(req, s)
+        if not self.stream:
+            resp = self.http.post(self.url, json=payload)
+            resp.raise_for_status()
+            body = resp.json()
+            choice = body["choices"][0]
+            msg = choice.get("message") or {}
+            text, usage, streamed = msg.get("content"), body.get("usage") or {}, None
+            reasoning = msg.get("reasoning_content") or msg.get("reasoning")
+            finish = choice.get("finish_reason")
+        else:
+            parts: list[str] = []
+            reasoning_parts: list[str] = []
+            final_text: str | None = None
+            finish, usage = None, {}
+            with self.http.stream("POST", self.url, json=payload) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    resp.raise_for_status()
+                for line in resp.iter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        break
+                    event = json.loads(data)
+                    if event.get("error"):
+                        raise StreamError(str(event["error"].get("message") or event["error"]))
+                    usage = event.get("usage") or usage
+                    for choice in event.get("choices") or []:
+                        delta = choice.get("delta") or {}
+                        if delta.get("content"):
+                            parts.append(delta["content"])
+                        r = delta.get("reasoning_content") or delta.get("reasoning")
+                        if r:
+                            reasoning_parts.append(r)
+                        # a provider that replaces what it streamed sends a whole message
+                        if choice.get("message") and choice["message"].get("content") is not None:
+                            final_text = choice["message"]["content"]
+                        finish = choice.get("finish_reason") or finish
+            streamed_all = "".join(parts)
+            text = final_text if final_text is not None else streamed_all
+            streamed = streamed_all if streamed_all != text else None
+            if finish == "content_filter" and streamed is None and streamed_all:
+                streamed = streamed_all  # cut by a filter after streaming: keep what was shown
+            reasoning = "".join(reasoning_parts) or None
+        visible, think = split_reasoning(text)
+        return {
+            "prompt_id": req.prompt_id,
+            "rep": req.rep,
+            "seed": req.seed,
+            "response_text": visible,
+            "reasoning_text": reasoning if reasoning is not None else think,
+            "finish_reason": finish,
+            "prompt_tokens": usage.get("prompt_tokens"),
+            "completion_tokens": usage.get("completion_tokens"),
+            "latency_s": time.perf_counter() - start,
+            "error": None,
+            "streamed_text": streamed,
+        }
+
+    def complete(self, req: Request, s: SamplingSettings) -> dict[str, Any]:
+        """One sample, with retries; a request that keeps failing comes back as an error row."""
+        import httpx
+
+        last = "unknown error"
+        for attempt in range(self.max_retries + 1):
+            retry_after: float | None = None
+            try:
+                return self._once(req, s)
+            except httpx.HTTPStatusError as exc:
+                code = exc.response.status_code
+                last = f"HTTP {code}: {exc.response.text[:300]}"
+                if code not in RETRYABLE:
+                    break
+                ra = exc.response.headers.get("retry-after")
+                retry_after = float(ra) if ra and ra.replace(".", "", 1).isdigit() else None
+            except (httpx.TimeoutException, httpx.TransportError, StreamError, json.JSONDecodeError) as exc:
+                last = f"{type(exc).__name__}: {exc}"
+            if attempt < self.max_retries:
+                cap = min(self.backoff_cap_s, self.backoff_base_s * 2**attempt)
+                time.sleep(retry_after if retry_after is not None else random.uniform(0, cap))
+        return error_result(req, last)
+
+
+class StreamError(Exception):
+    """An error event inside a stream (e.g. a provider's moderation stop)."""
+
+
+def sample_openai(loaded: LoadedStudy, spec: ModelSpec, run_id: str, prompts: pa.Table, samples_dir: Path,
+                  client: OpenAIClient | None = None):
+    """Sample one deployment over HTTP, in chunks written atomically (resumable like vLLM's)."""
+    from pipeline.lake import write_parquet_atomic
+    from pipeline.sample import Progress, SampleSummary, _rows_to_table, done_keys, model_dir, plan_requests
+
+    study = loaded.study
+    folder = model_dir(samples_dir, spec.deployment, spec.name)
+    done = done_keys(folder)
+    expected = prompts.num_rows * study.repetitions
+    requests = plan_requests(prompts, study.repetitions, study.seed, run_id, done)
+    summary = SampleSummary(spec.name, spec.deployment, expected, len(requests), len(done))
+    if not requests:
+        return summary
+    settings = SamplingSettings(study.sampling.temperature, study.sampling.top_p, study.sampling.max_tokens)
+    by_id = {p["prompt_id"]: p for p in prompts.to_pylist()}
+    client = client or OpenAIClient(spec)
+    progress = Progress(f"sampling {spec.name} @ {spec.deployment}", expected, len(done))
+    chunk = max(spec.concurrency * 4, spec.engine.batch_size)
+    try:
+        with ThreadPoolExecutor(max_workers=spec.concurrency) as pool:
+            for i in range(0, len(requests), chunk):
+                batch = requests[i : i + chunk]
+                results = list(pool.map(lambda r: client.complete(r, settings), batch))
+                table = _rows_to_table(results, run_id=run_id, study=study.name, spec_model=spec.name,
+                                       deployment=spec.deployment, backend="openai", prompts=by_id,
+                                       settings=settings)
+                write_parquet_atomic(table, folder / f"chunk-{uuid.uuid4().hex[:12]}.parquet")
+                progress.update(table.num_rows)
+    finally:
+        client.close()
+    return summary
