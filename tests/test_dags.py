@@ -13,11 +13,11 @@ from tests.conftest import REPO, tiny_model_spec, write_study
 
 
 def test_dagbag_imports_cleanly_and_dags_are_wired() -> None:
-    from airflow.models import DagBag
+    from airflow.dag_processing.dagbag import DagBag
 
-    bag = DagBag(dag_folder=str(REPO / "dags"), include_examples=False)
+    bag = DagBag(dag_folder=str(REPO / "dags"))
     assert bag.import_errors == {}
-    dag = bag.get_dag("refusal_study")
+    dag = bag.dags.get("refusal_study")
     assert dag is not None
     assert "refusals" in dag.tags
     assert [t.task_id for t in dag.topological_sort()] == [

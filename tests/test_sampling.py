@@ -31,6 +31,7 @@ def ray_session():
 
 
 def _staged(tmp_path: Path, tiny_model: Path, **overrides):
+    tmp_path.mkdir(parents=True, exist_ok=True)
     study = load_study(write_study(tmp_path / "study.yaml", models=[tiny_model_spec(tiny_model)], **overrides))
     staging = tmp_path / "staging"
     write_prompts(study, staging / "prompts")
