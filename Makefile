@@ -11,7 +11,7 @@ export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN := sqlite:///$(CURDIR)/.airflow/airfl
 export AIRFLOW__CORE__UNIT_TEST_MODE := False
 export AIRFLOW__LOGGING__LOGGING_LEVEL := INFO
 
-.PHONY: demo test venv clean-data airflow-db
+.PHONY: demo test bench venv clean-data airflow-db
 
 venv: $(STAMP)
 
@@ -49,3 +49,8 @@ test: $(STAMP)
 
 clean-data:
 	rm -rf data .airflow
+
+# Benchmarks (not timed tests): results in bench-results/*.json, summarised in the README.
+bench: $(STAMP)
+	$(PY) benchmarks/bench_classify.py
+	$(PY) benchmarks/bench_sampling.py

@@ -69,7 +69,7 @@ def derive_seed(study_seed: int, run_id: str, prompt_id: str, rep: int) -> int:
 class Progress:
     """A periodic progress line: done / total, samples per second, ETA."""
 
-    def __init__(self, label: str, total: int, done: int = 0, every_s: float = 10.0) -> None:
+    def __init__(self, label: str, total: int, done: int = 0, every_s: float = 30.0) -> None:
         self.label, self.total, self.done = label, total, done
         self.start_done = done
         self.t0 = self.last = time.monotonic()
@@ -101,6 +101,8 @@ class SampleSummary:
     expected: int
     sampled_now: int
     already_done: int
+    engine_start_s: float = 0.0  # creating the engines (model load), before the first request
+    sampling_s: float = 0.0  # first request sent to last chunk written
 
 
 def model_dir(samples_dir: Path, deployment: str, model: str) -> Path:
@@ -206,25 +208,34 @@ def sample_vllm(
     by_id = {p["prompt_id"]: p for p in prompts.to_pylist()}
     init_ray(study.ray_address)
     Actor = engine_actor(spec.engine)
+    t0 = time.monotonic()
     actors = [Actor.remote(model_path, spec.engine, study.seed) for _ in range(spec.engine.replicas)]
-    bs = spec.engine.batch_size
-    chunks = [requests[i : i + bs] for i in range(0, len(requests), bs)]
-    progress = Progress(f"sampling {spec.name} @ {spec.deployment}", expected, len(done))
-    log.info("%s @ %s: %d samples to draw (%d already present), %d replica(s)",
-             spec.name, spec.deployment, len(requests), len(done), len(actors))
     try:
-        in_flight: dict = {}
+        ray.get([a.ready.remote() for a in actors])
+        summary.engine_start_s = time.monotonic() - t0
+        bs = spec.engine.batch_size
+        chunks = [requests[i : i + bs] for i in range(0, len(requests), bs)]
+        progress = Progress(f"sampling {spec.name} @ {spec.deployment}", expected, len(done))
+        log.info("%s @ %s: %d replica(s) ready in %.1fs; %d samples to draw (%d already present)",
+                 spec.name, spec.deployment, len(actors), summary.engine_start_s, len(requests), len(done))
+        t1 = time.monotonic()
+        in_flight: dict = {}  # ref -> actor index
+        load = [0] * len(actors)
         next_chunk = 0
-        # Two chunks in flight per actor keep each engine busy while the driver writes.
+        # Two chunks in flight per replica keep each engine busy while the driver writes;
+        # a new chunk goes to the least-loaded replica.
         while next_chunk < len(chunks) or in_flight:
             while next_chunk < len(chunks) and len(in_flight) < 2 * len(actors):
-                actor = actors[next_chunk % len(actors)]
-                ref = actor.generate.remote(chunks[next_chunk], settings)
-                in_flight[ref] = next_chunk
+                i = min(range(len(actors)), key=load.__getitem__)
+                in_flight[actors[i].generate.remote(chunks[next_chunk], settings)] = i
+                load[i] += 1
                 next_chunk += 1
-            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=progress.every_s)
+            if not ready:
+                progress.update(0)  # a heartbeat while a long chunk is still generating
+                continue
             ref = ready[0]
-            in_flight.pop(ref)
+            load[in_flight.pop(ref)] -= 1
             results = ray.get(ref)
             table = _rows_to_table(
                 results, run_id=run_id, study=study.name, spec_model=spec.name,
@@ -232,6 +243,7 @@ def sample_vllm(
             )
             write_parquet_atomic(table, folder / f"chunk-{uuid.uuid4().hex[:12]}.parquet")
             progress.update(table.num_rows)
+        summary.sampling_s = time.monotonic() - t1
     finally:
         for a in actors:
             ray.kill(a)

@@ -70,6 +70,10 @@ class VllmEngine:
 
         self.llm = LLM(**engine_kwargs(model_dir, engine, seed))
 
+    def ready(self) -> bool:
+        """Returns once the engine is loaded (the constructor has run)."""
+        return True
+
     def generate(self, requests: list[Request], sampling: SamplingSettings) -> list[dict]:
         """One result dict per request, in order; an engine error marks the batch's rows as errors."""
         from vllm import SamplingParams
@@ -114,19 +118,25 @@ class VllmEngine:
         return rows
 
 
+def actor_options(engine: EngineOptions) -> dict[str, Any]:
+    """Ray resources and environment of one engine replica."""
+    from pipeline.paths import REPO_ROOT
+
+    env = worker_env(engine)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return {
+        "num_cpus": engine.cpus_per_replica,
+        "num_gpus": engine.gpus_per_replica,
+        "runtime_env": {"env_vars": env},
+        # A replica that dies (OOM, a killed process) is restarted and its call retried;
+        # the chunk's samples are only written once the call returns, so nothing is doubled.
+        "max_restarts": 3,
+        "max_task_retries": 3,
+    }
+
+
 def engine_actor(engine: EngineOptions):  # -> ray actor class
     """`VllmEngine` as a Ray actor class with this engine's resources and environment."""
     import ray
 
-    from pipeline.paths import REPO_ROOT
-
-    env = worker_env(engine)
-    pythonpath = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    env["PYTHONPATH"] = pythonpath
-    return ray.remote(VllmEngine).options(
-        num_cpus=engine.cpus_per_replica,
-        num_gpus=engine.gpus_per_replica,
-        runtime_env={"env_vars": env},
-        max_restarts=1,
-        max_task_retries=0,
-    )
+    return ray.remote(VllmEngine).options(**actor_options(engine))

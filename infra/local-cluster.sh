@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# A two-node Ray cluster on this machine (a head and a second node process), the layout the
+# multi-node test uses. Usage: infra/local-cluster.sh start|stop|status
+# Then: RAY_ADDRESS=127.0.0.1:${RAY_PORT:-6390} refusals run --study studies/demo.yaml
+set -euo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"
+ray="${RAY:-$here/.venv/bin/ray}"
+port="${RAY_PORT:-6390}"
+tmp="${RAY_TMP:-/tmp/refusals-ray}"
+case "${1:-}" in
+  start)
+    "$ray" start --head --node-ip-address=127.0.0.1 --port="$port" --num-cpus=1 \
+      --include-dashboard=false --temp-dir="$tmp" --disable-usage-stats >/dev/null
+    "$ray" start --address="127.0.0.1:$port" --node-ip-address=127.0.0.1 --num-cpus=1 \
+      --disable-usage-stats >/dev/null
+    echo "ray cluster up: RAY_ADDRESS=127.0.0.1:$port"
+    ;;
+  stop)
+    "$ray" stop --force >/dev/null 2>&1 || true
+    echo "ray cluster stopped"
+    ;;
+  status)
+    "$ray" status --address="127.0.0.1:$port"
+    ;;
+  *)
+    echo "usage: $0 start|stop|status" >&2
+    exit 2
+    ;;
+esac
