@@ -81,6 +81,9 @@ def gather(data: DataDir, week: str | None) -> dict[str, Any]:
         )
     finally:
         con.close()
+    for r in runs:
+        r["models"] = json.loads(r["models"] or "[]")
+        r["deployments"] = json.loads(r["deployments"] or "[]")
     classifiers = sorted({r["classifier"] for r in runs})
     return {
         "week": week,
