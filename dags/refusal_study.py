@@ -32,6 +32,12 @@ def _ctx(run: dict):
         "study": Param("studies/demo.yaml", type="string", description="study YAML file"),
         "run_id": Param(None, type=["null", "string"], description="resume or name a run"),
         "data_dir": Param(None, type=["null", "string"], description="data folder (default ./data)"),
+        "ray_jobs_address": Param(
+            None,
+            type=["null", "string"],
+            description="submit sampling as a Ray job to this cluster (e.g. http://head:8265); "
+            "default $REFUSALS_RAY_JOBS_ADDRESS, else sample in the task",
+        ),
     },
     doc_md=__doc__,
 )
@@ -51,8 +57,18 @@ def refusal_study():
 
     @task(retries=3, execution_timeout=timedelta(hours=12))
     def sample(run: dict) -> dict:
+        import os
+
         from pipeline import run as stages
 
+        address = get_current_context()["params"].get("ray_jobs_address") or os.environ.get(
+            "REFUSALS_RAY_JOBS_ADDRESS"
+        )
+        if address:  # production: the cluster samples; this task submits and follows the job
+            from pipeline.jobs import stage_entrypoint, submit_and_wait
+
+            entry = stage_entrypoint("sample", run["study"], run["run_id"], run["data_dir"])
+            return {**run, "ray_job": submit_and_wait(address, entry)}
         return {**run, "summaries": stages.sample(_ctx(run))}
 
     @task

@@ -2,15 +2,22 @@
 # A two-node Ray cluster on this machine (a head and a second node process), the layout the
 # multi-node test uses. Usage: infra/local-cluster.sh start|stop|status
 # Then: RAY_ADDRESS=127.0.0.1:${RAY_PORT:-6390} refusals run --study studies/demo.yaml
+# or, with RAY_DASHBOARD_PORT set, submit stages through the Ray Jobs API (the DAG's
+# ray_jobs_address param, e.g. http://127.0.0.1:8265).
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 ray="${RAY:-$here/.venv/bin/ray}"
 port="${RAY_PORT:-6390}"
 tmp="${RAY_TMP:-/tmp/refusals-ray}"
+# RAY_DASHBOARD_PORT=8265 turns on the dashboard, which serves the Ray Jobs API
+dash=(--include-dashboard=false)
+if [ -n "${RAY_DASHBOARD_PORT:-}" ]; then
+  dash=(--include-dashboard=true --dashboard-host=127.0.0.1 --dashboard-port="$RAY_DASHBOARD_PORT")
+fi
 case "${1:-}" in
   start)
     "$ray" start --head --node-ip-address=127.0.0.1 --port="$port" --num-cpus=1 \
-      --include-dashboard=false --temp-dir="$tmp" --disable-usage-stats >/dev/null
+      "${dash[@]}" --temp-dir="$tmp" --disable-usage-stats >/dev/null
     "$ray" start --address="127.0.0.1:$port" --node-ip-address=127.0.0.1 --num-cpus=1 \
       --disable-usage-stats >/dev/null
     echo "ray cluster up: RAY_ADDRESS=127.0.0.1:$port"

@@ -38,6 +38,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stage(args: argparse.Namespace) -> int:
+    from pipeline import run as stages
+
+    ctx = stages.context(args.study, args.run_id, args.data_dir)
+    fn = {
+        "prepare": stages.prepare,
+        "sample": stages.sample,
+        "label": stages.label,
+        "validate": stages.validate,
+        "publish": stages.publish,
+        "warehouse": stages.warehouse,
+        "report": stages.report,
+    }[args.stage]
+    result = fn(ctx)
+    print(json.dumps(result, default=str, indent=1) if not isinstance(result, int) else result)
+    return 0
+
+
 def cmd_classify(args: argparse.Namespace) -> int:
     from pipeline.classify import classify_file
 
@@ -124,6 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--run-id", default=None, help="resume or name a run (default: <study>-<UTC time>)")
     r.add_argument("--force", action="store_true", help="redo a run that is already published")
     r.set_defaults(func=cmd_run)
+
+    st = sub.add_parser("stage", help="one stage of a run (what Airflow tasks and Ray jobs call)")
+    st.add_argument("stage", choices=["prepare", "sample", "label", "validate", "publish", "warehouse", "report"])
+    st.add_argument("--study", required=True)
+    st.add_argument("--run-id", required=True)
+    st.set_defaults(func=cmd_stage)
 
     c = sub.add_parser("classify", help="label responses in a .jsonl or .parquet file")
     c.add_argument("--input", required=True)

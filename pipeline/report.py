@@ -55,11 +55,12 @@ def gather(data: DataDir, week: str | None) -> dict[str, Any]:
         overall = _rows(
             con,
             """SELECT p.deployment, p.model, count(DISTINCT p.prompt_id) AS n_prompts,
-                      sum(p.n_samples) AS n_samples, sum(p.n_refused) / sum(p.n_valid) AS refusal_rate,
-                      sum(p.n_evasive) / sum(p.n_valid) AS evasive_rate,
+                      sum(p.n_samples) AS n_samples,
+                      sum(p.n_refused) / nullif(sum(p.n_valid), 0) AS refusal_rate,
+                      sum(p.n_evasive) / nullif(sum(p.n_valid), 0) AS evasive_rate,
                       sum(p.n_error) / sum(p.n_samples) AS error_rate
-               FROM prompt_stats AS p WHERE p.week = ? AND p.n_valid > 0
-               GROUP BY ALL ORDER BY p.deployment, refusal_rate DESC""",
+               FROM prompt_stats AS p WHERE p.week = ?
+               GROUP BY ALL ORDER BY p.deployment, refusal_rate DESC NULLS LAST""",
             [week],
         )
         examples = _rows(

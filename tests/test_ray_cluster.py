@@ -24,8 +24,9 @@ def _free_port() -> int:
 
 
 def test_sampling_on_a_two_node_cluster(tmp_path: Path, tiny_model: Path) -> None:
-    port = _free_port()
-    env = {**os.environ, "RAY_PORT": str(port), "RAY": str(Path(sys.executable).parent / "ray")}
+    port, dash = _free_port(), _free_port()
+    env = {**os.environ, "RAY_PORT": str(port), "RAY_DASHBOARD_PORT": str(dash),
+           "RAY": str(Path(sys.executable).parent / "ray")}
     script = REPO / "infra" / "local-cluster.sh"
     up = subprocess.run([str(script), "start"], env=env, capture_output=True, text=True, timeout=180)
     assert up.returncode == 0, up.stderr[-2000:]
@@ -55,5 +56,23 @@ def test_sampling_on_a_two_node_cluster(tmp_path: Path, tiny_model: Path) -> Non
             env={**env, "REFUSALS_DATA_DIR": str(data)}, capture_output=True, text=True, timeout=120, cwd=REPO,
         )
         assert json.loads(q.stdout) == [{"n": 16, "keys": 16}]
+
+        # the production path: the sampling stage submitted through the Ray Jobs API
+        from pipeline import run as stages
+        from pipeline.jobs import stage_entrypoint, submit_and_wait
+        from pipeline.lake import read_folder
+
+        data2 = tmp_path / "data-jobs"
+        ctx = stages.context(study, "jobs-1", data2)
+        stages.prepare(ctx)
+        status = submit_and_wait(f"http://127.0.0.1:{dash}",
+                                 stage_entrypoint("sample", str(study), "jobs-1", str(data2)), poll_s=1)
+        assert status["status"] == "SUCCEEDED"
+        staged = read_folder(ctx.staging / "samples")
+        assert staged.num_rows == 16 and set(staged.column("run_id").to_pylist()) == {"jobs-1"}
+        with pytest.raises(RuntimeError, match="FAILED"):
+            submit_and_wait(f"http://127.0.0.1:{dash}",
+                            stage_entrypoint("sample", str(tmp_path / "missing.yaml"), "jobs-2", str(data2)),
+                            poll_s=1)
     finally:
         subprocess.run([str(script), "stop"], env=env, capture_output=True, timeout=120)
