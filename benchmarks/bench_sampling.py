@@ -85,8 +85,20 @@ def bare(study_path: Path, run_id: str) -> dict:
     t1 = time.monotonic()
     outs = engine.llm.chat([r.messages for r in reqs], params, use_tqdm=False)
     seconds = time.monotonic() - t1
-    return {"samples": len(outs), "tokens": sum(len(o.outputs[0].token_ids) for o in outs),
-            "engine_start_s": start, "seconds": seconds}
+    result = {"samples": len(outs), "tokens": sum(len(o.outputs[0].token_ids) for o in outs),
+              "engine_start_s": start, "seconds": seconds}
+    # The alternative for repetitions: one request per prompt with n=k (prefill shared by
+    # construction; vLLM seeds the children s, s+1, …). Same engine, same prompts.
+    k = loaded.study.repetitions
+    per_prompt = [reqs[i] for i in range(0, len(reqs), k)]
+    n_params = [SamplingParams(temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, seed=r.seed, n=k)
+                for r in per_prompt]
+    t2 = time.monotonic()
+    outs_n = engine.llm.chat([r.messages for r in per_prompt], n_params, use_tqdm=False)
+    result["n_variant"] = {"samples": sum(len(o.outputs) for o in outs_n),
+                           "tokens": sum(len(c.token_ids) for o in outs_n for c in o.outputs),
+                           "seconds": time.monotonic() - t2}
+    return result
 
 
 def driver_memory(study_path: Path, out: Path) -> dict:
@@ -127,10 +139,14 @@ def main() -> int:
         st = stage(study, "bench", tmp / f"out-{name}")
         ba = bare(study, "bench")
         ratio = (st["tokens"] / st["seconds"]) / (ba["tokens"] / ba["seconds"])
+        nv = ba["n_variant"]
         results["cases"][name] = {"stage": st, "bare": ba, "throughput_ratio": round(ratio, 3),
-                                  "same_tokens": st["tokens"] == ba["tokens"]}
+                                  "same_tokens": st["tokens"] == ba["tokens"],
+                                  "n_vs_duplicated_rows": round((nv["tokens"] / nv["seconds"])
+                                                                / (ba["tokens"] / ba["seconds"]), 3)}
         print(f"{name}: stage {st['tokens'] / st['seconds']:.1f} tok/s, bare {ba['tokens'] / ba['seconds']:.1f} "
-              f"tok/s, ratio {ratio:.3f}", flush=True)
+              f"tok/s, ratio {ratio:.3f}; n=k instead of duplicated rows: "
+              f"{nv['tokens'] / nv['seconds']:.1f} tok/s", flush=True)
     ray.shutdown()
     if not args.skip_memory:
         mem = {}

@@ -9,6 +9,9 @@ here="$(cd "$(dirname "$0")/.." && pwd)"
 ray="${RAY:-$here/.venv/bin/ray}"
 port="${RAY_PORT:-6390}"
 tmp="${RAY_TMP:-/tmp/refusals-ray}"
+# Loopback only, so no token auth here; a real cluster keeps Ray's token auth on and gives
+# every node and client the token (RAY_AUTH_TOKEN or ~/.ray/auth_token).
+export RAY_AUTH_MODE="${RAY_AUTH_MODE:-disabled}"
 # RAY_DASHBOARD_PORT=8265 turns on the dashboard, which serves the Ray Jobs API
 dash=(--include-dashboard=false)
 if [ -n "${RAY_DASHBOARD_PORT:-}" ]; then

@@ -23,9 +23,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_sampling_on_a_two_node_cluster(tmp_path: Path, tiny_model: Path) -> None:
+def test_sampling_on_a_two_node_cluster(tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     port, dash = _free_port(), _free_port()
-    env = {**os.environ, "RAY_PORT": str(port), "RAY_DASHBOARD_PORT": str(dash),
+    env = {**os.environ, "RAY_PORT": str(port), "RAY_DASHBOARD_PORT": str(dash), "RAY_AUTH_MODE": "disabled",
            "RAY": str(Path(sys.executable).parent / "ray")}
     script = REPO / "infra" / "local-cluster.sh"
     up = subprocess.run([str(script), "start"], env=env, capture_output=True, text=True, timeout=180)
@@ -65,6 +65,7 @@ def test_sampling_on_a_two_node_cluster(tmp_path: Path, tiny_model: Path) -> Non
         data2 = tmp_path / "data-jobs"
         ctx = stages.context(study, "jobs-1", data2)
         stages.prepare(ctx)
+        monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # this process is a Jobs API client of the cluster
         status = submit_and_wait(f"http://127.0.0.1:{dash}",
                                  stage_entrypoint("sample", str(study), "jobs-1", str(data2)), poll_s=1)
         assert status["status"] == "SUCCEEDED"
