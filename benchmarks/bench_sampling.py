@@ -131,7 +131,9 @@ def main() -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-sampling-"))
     paths = {"tiny": str(build_tiny_model(tmp / "tiny")), "smollm2": str(prepare_builtin("smollm2"))}
-    ray.init(include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    from pipeline.sample import init_ray
+
+    init_ray(None)  # the local Ray exactly as the pipeline starts it
     results: dict = {"machine": {"cpus": os.cpu_count()}, "cases": {}}
     for name in args.models.split(","):
         topics, langs, reps, max_tokens, batch = CASES[name]
