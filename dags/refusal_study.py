@@ -32,6 +32,7 @@ def _ctx(run: dict):
         "study": Param("studies/demo.yaml", type="string", description="study YAML file"),
         "run_id": Param(None, type=["null", "string"], description="resume or name a run"),
         "data_dir": Param(None, type=["null", "string"], description="data folder (default ./data)"),
+        "force": Param(False, type="boolean", description="redo a run id that is already published"),
         "ray_jobs_address": Param(
             None,
             type=["null", "string"],
@@ -52,6 +53,14 @@ def refusal_study():
         run_id = params.get("run_id") or stages.default_run_id(loaded.study.name, logical)
         run = {"study": str(loaded.path), "run_id": run_id, "data_dir": params.get("data_dir")}
         ctx = _ctx(run)
+        if stages.is_published(ctx.data, run_id):
+            if not params.get("force"):
+                from airflow.exceptions import AirflowSkipException
+
+                raise AirflowSkipException(f"run {run_id} is already published (set force to redo it)")
+            import shutil
+
+            shutil.rmtree(ctx.staging, ignore_errors=True)
         record = stages.prepare(ctx, run_date=logical.date() if logical else None)
         return {**run, "run_date": record["run_date"]}
 
@@ -68,7 +77,8 @@ def refusal_study():
             from pipeline.jobs import stage_entrypoint, submit_and_wait
 
             entry = stage_entrypoint("sample", run["study"], run["run_id"], run["data_dir"])
-            return {**run, "ray_job": submit_and_wait(address, entry)}
+            job = submit_and_wait(address, entry, submission_id=f"refusals-{run['run_id']}-sample")
+            return {**run, "ray_job": job}
         return {**run, "summaries": stages.sample(_ctx(run))}
 
     @task

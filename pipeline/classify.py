@@ -725,6 +725,21 @@ def _conform(table: pa.Table, schema: pa.Schema, path: str) -> pa.Table:
         raise ValueError(f"{path}: a column changes type between rows ({exc})") from None
 
 
+def _jsonl_table(rows: list[dict[str, Any]], path: str) -> pa.Table:
+    """A batch of JSON objects as a table with the union of their keys (a key that first
+    appears on a later line is kept), refusing input columns the classifier would overwrite."""
+    names: dict[str, None] = {}
+    for r in rows:
+        names.update(dict.fromkeys(r))
+    clash = [c for c in names if c in OUTPUT_COLUMNS]
+    if clash:
+        raise ValueError(f"{path}: input column(s) {clash} would be overwritten by the classifier's output; rename them")
+    try:
+        return pa.Table.from_pylist([{k: r.get(k) for k in names} for r in rows])
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise ValueError(f"{path}: a column has values of mixed types ({exc})") from None
+
+
 def classify_file(input_path: str, output_path: str) -> int:
     """Classify a .jsonl or .parquet file of responses into a new file; return the row count.
 
@@ -750,9 +765,12 @@ def classify_file(input_path: str, output_path: str) -> int:
             raise ValueError(f"{input_path}: not a readable Parquet file ({exc})") from None
         if "response" not in pf.schema_arrow.names:
             raise ValueError(f"{input_path}: missing required column 'response'; columns are {pf.schema_arrow.names}")
+        clash = [c for c in pf.schema_arrow.names if c in OUTPUT_COLUMNS]
+        if clash:
+            raise ValueError(f"{input_path}: input column(s) {clash} would be overwritten by the classifier's output; rename them")
         batches: Iterator[pa.Table] = (pa.Table.from_batches([b]) for b in pf.iter_batches(batch_size=_BATCH_ROWS))
     else:
-        batches = (pa.Table.from_pylist(rows) for rows in _iter_jsonl_batches(input_path))
+        batches = (_jsonl_table(rows, input_path) for rows in _iter_jsonl_batches(input_path))
 
     fd, tmp = tempfile.mkstemp(prefix="." + Path(output_path).name + ".", suffix=".tmp", dir=out_dir)
     os.close(fd)

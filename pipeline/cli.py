@@ -194,8 +194,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if exc.summary_path:
             print(f"summary: {exc.summary_path}", file=sys.stderr)
         return 3
-    except ValueError as exc:
-        # the classifier's file helpers raise ValueError for bad input files
+    except (ValueError, TypeError, OSError) as exc:
+        # bad input files (the classifier's helpers raise ValueError), unreadable paths
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        import duckdb
+
+        if isinstance(exc, duckdb.Error):  # e.g. the warehouse is locked by a running build
+            print(f"error: warehouse: {exc}", file=sys.stderr)
+            return 2
+        raise
 

@@ -311,6 +311,9 @@ class Study(_Strict):
         deployments = [r.deployment for r in self.recorded]
         if len(set(deployments)) != len(deployments):
             raise ValueError("two recorded sources share a deployment name")
+        clash = set(deployments) & {m.deployment for m in self.models}
+        if clash:
+            raise ValueError(f"deployment {sorted(clash)[0]!r} is used by both a live model and a recorded source")
         return self
 
 
@@ -402,6 +405,10 @@ def _check_references(path: Path, study: Study, catalog: Catalog) -> None:
                     for t in study.templates:
                         if templates[t].render(lang, "") is None:
                             fail("templates", f"template {t!r} has no {lang!r} text and no default")
+                    for sid in study.system_prompts:
+                        system = next(x for x in catalog.system_prompts if x.id == sid)
+                        if system.text is not None and system.for_language(lang) is None:
+                            fail("system_prompts", f"system prompt {sid!r} has no {lang!r} text and no default")
         if not selected_topics(study, catalog):
             fail("topics", "selects no topics")
 

@@ -32,9 +32,23 @@ def submit_and_wait(address: str, entrypoint: str, *, env: dict[str, str] | None
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     client = JobSubmissionClient(address)
-    job_id = client.submit_job(entrypoint=entrypoint, submission_id=submission_id,
-                               runtime_env={"env_vars": env or {}})
-    log.info("submitted Ray job %s to %s: %s", job_id, address, entrypoint)
+    previous = None
+    if submission_id:
+        try:
+            previous = client.get_job_status(submission_id)
+        except Exception:  # no such job yet
+            previous = None
+    if previous in (JobStatus.PENDING, JobStatus.RUNNING):
+        # A retried Airflow task finds its run's job still going: follow it, never start a
+        # second sampler on the same staging folder.
+        job_id = submission_id
+        log.info("following Ray job %s, already %s", job_id, previous.value)
+    else:
+        if previous is not None:
+            submission_id = f"{submission_id}-{int(time.time())}"
+        job_id = client.submit_job(entrypoint=entrypoint, submission_id=submission_id,
+                                   runtime_env={"env_vars": env or {}})
+        log.info("submitted Ray job %s to %s: %s", job_id, address, entrypoint)
     seen = 0
     deadline = time.monotonic() + timeout_s
     status = client.get_job_status(job_id)

@@ -10,7 +10,6 @@ import logging
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.lake import parquet_files, read_folder, write_parquet_atomic
@@ -64,7 +63,3 @@ def label_run(staging_run: Path) -> int:
     log.info("labelled %d responses", n)
     return n
 
-
-def label_counts(labels: pa.Table) -> dict[str, int]:
-    counts = pc.value_counts(labels.column("label")).to_pylist()
-    return {c["values"]: c["counts"] for c in counts}

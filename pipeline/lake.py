@@ -49,7 +49,10 @@ def parquet_files(folder: Path) -> list[Path]:
     """Finished Parquet files under a folder (temporary files are ignored)."""
     if not folder.exists():
         return []
-    return sorted(p for p in folder.rglob("*.parquet") if not p.name.startswith(TMP_PREFIX))
+    return sorted(
+        p for p in folder.rglob("*.parquet")
+        if not any(part.startswith(TMP_PREFIX) for part in p.relative_to(folder).parts)
+    )
 
 
 def read_folder(folder: Path, columns: list[str] | None = None) -> pa.Table | None:

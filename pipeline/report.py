@@ -9,12 +9,13 @@ from __future__ import annotations
 import html
 import json
 import logging
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from pipeline.errors import UserError
-from pipeline.lake import TMP_PREFIX
+from pipeline.lake import TMP_PREFIX, write_json_atomic
 from pipeline.paths import DataDir
 
 log = logging.getLogger(__name__)
@@ -165,10 +166,10 @@ def write_report(data: DataDir, week: str | None = None) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
     for name, text in (("report.html", page), ("report.md", md)):
-        tmp = out / f"{TMP_PREFIX}{name}"
+        tmp = out / f"{TMP_PREFIX}{uuid.uuid4().hex}-{name}"
         tmp.write_text(text, encoding="utf-8")
         tmp.replace(out / name)
         paths[name.split(".")[1]] = out / name
-    (out / "report.json").write_text(json.dumps({"week": context["week"], "cells": context["cells"]}, default=str, indent=1))
+    write_json_atomic({"week": context["week"], "cells": context["cells"]}, out / "report.json")
     log.info("report written to %s", out)
     return paths

@@ -198,6 +198,11 @@ def _publish_dataset(ctx: RunContext, name: str, split_language: bool) -> int:
             write_parquet_atomic(table, build / rel / "part-0.parquet")
         n += table.num_rows
     replace_folder(build, target)
+    # A rerun of the same run id on another day (--force, a re-triggered DAG run) must replace
+    # the earlier copy, not sit beside it under another run_date.
+    for stale in target.parent.parent.glob(f"run_date=*/{target.name}"):
+        if stale != target:
+            shutil.rmtree(stale, ignore_errors=True)
     return n
 
 

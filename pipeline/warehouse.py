@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import re
-from pathlib import Path
 from typing import Any
 
 from pipeline.lake import parquet_files
@@ -24,7 +23,6 @@ SQL_DIR = REPO_ROOT / "sql"
 PER_RUN = ("runs", "prompts", "samples", "labels")  # loaded from the lake, in this order
 MARTS = ("prompt_stats",)  # per run, from the tables above
 GLOBAL = ("refusal_rates",)  # rebuilt from the per-run marts
-VIEWS = ()
 
 
 def statements(name: str) -> list[str]:
@@ -135,6 +133,3 @@ def query(data: DataDir, sql: str, params: list[Any] | None = None) -> tuple[lis
     finally:
         con.close()
 
-
-def table_path(data: DataDir) -> Path:
-    return data.warehouse

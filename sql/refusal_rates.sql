@@ -8,11 +8,12 @@
 -- (se = 0) n_eff is the number of prompts, the conservative end.
 CREATE OR REPLACE TABLE refusal_rates AS
 WITH source AS (
-    SELECT * FROM prompt_stats WHERE n_valid > 0
+    SELECT * FROM prompt_stats
 ),
+-- every cell, including one whose every sample failed (rates null, error_rate 1)
 cells AS (
     SELECT model, deployment, topic, any_value(topic_group) AS topic_group, language, week,
-           count(*) AS n_prompts,
+           count(*) FILTER (WHERE n_valid > 0) AS n_prompts,
            sum(n_samples) AS n_samples,
            sum(n_valid) AS n_valid,
            sum(n_refused) AS n_refused,
@@ -20,19 +21,12 @@ cells AS (
            sum(n_error) AS n_error,
            sum(n_answers_lang_known) AS n_answers_lang_known,
            sum(n_language_mismatch) AS n_language_mismatch,
-           avg(CASE WHEN flips THEN 1.0 ELSE 0.0 END) AS flip_rate,
+           avg(CASE WHEN flips THEN 1.0 ELSE 0.0 END) FILTER (WHERE n_valid > 0) AS flip_rate,
            var_pop(p_refused) AS var_between,
            avg(p_refused * (1 - p_refused)) AS var_within,
-           sum(n_refused) / sum(n_valid) AS refusal_rate
+           sum(n_refused) / nullif(sum(n_valid), 0) AS refusal_rate
     FROM source
     GROUP BY model, deployment, topic, language, week
-),
--- errors are counted over all samples, including prompts whose every sample failed
-errors AS (
-    SELECT model, deployment, topic, language, week,
-           sum(n_error) AS n_error_all, sum(n_samples) AS n_samples_all
-    FROM prompt_stats
-    GROUP BY ALL
 ),
 robust AS (
     SELECT c.model, c.deployment, c.topic, c.language, c.week,
@@ -42,35 +36,34 @@ robust AS (
            END AS se2
     FROM source AS s
     JOIN cells AS c USING (model, deployment, topic, language, week)
+    WHERE s.n_valid > 0
     GROUP BY ALL
 ),
-effective AS (
+final AS (
     SELECT c.*, r.se2,
            CASE
+               WHEN c.refusal_rate IS NULL THEN NULL
                WHEN c.n_prompts < 2 OR r.se2 IS NULL OR r.se2 = 0 THEN c.n_prompts::DOUBLE
                ELSE greatest(c.n_prompts, least(c.n_valid, c.refusal_rate * (1 - c.refusal_rate) / r.se2))
            END AS n_eff,
            1.959963984540054 AS z
     FROM cells AS c
-    JOIN robust AS r USING (model, deployment, topic, language, week)
-),
-final AS (
-    SELECT e.*, coalesce(x.n_error_all, 0) AS n_error_all, x.n_samples_all FROM effective AS e
-    JOIN errors AS x USING (model, deployment, topic, language, week)
+    LEFT JOIN robust AS r USING (model, deployment, topic, language, week)
 )
 SELECT model, deployment, topic, topic_group, language, week,
-       n_prompts, n_samples_all AS n_samples, n_valid,
+       n_prompts, n_samples, n_valid,
        refusal_rate,
-       greatest(0.0, (refusal_rate + z * z / (2 * n_eff)
+       -- greatest/least skip NULLs, so a cell without a rate is kept NULL explicitly
+       CASE WHEN n_eff IS NOT NULL THEN greatest(0.0, (refusal_rate + z * z / (2 * n_eff)
            - z * sqrt(refusal_rate * (1 - refusal_rate) / n_eff + z * z / (4 * n_eff * n_eff)))
-           / (1 + z * z / n_eff)) AS ci_low,
-       least(1.0, (refusal_rate + z * z / (2 * n_eff)
+           / (1 + z * z / n_eff)) END AS ci_low,
+       CASE WHEN n_eff IS NOT NULL THEN least(1.0, (refusal_rate + z * z / (2 * n_eff)
            + z * sqrt(refusal_rate * (1 - refusal_rate) / n_eff + z * z / (4 * n_eff * n_eff)))
-           / (1 + z * z / n_eff)) AS ci_high,
+           / (1 + z * z / n_eff)) END AS ci_high,
        sqrt(se2) AS cluster_se,
        n_eff,
-       n_evasive / n_valid AS evasive_rate,
-       n_error_all / n_samples_all AS error_rate,
+       n_evasive / nullif(n_valid, 0) AS evasive_rate,
+       n_error / n_samples AS error_rate,
        CASE WHEN n_answers_lang_known > 0 THEN n_language_mismatch / n_answers_lang_known END
            AS language_mismatch_rate,
        flip_rate,

@@ -23,8 +23,7 @@ def test_dagbag_imports_cleanly_and_dags_are_wired() -> None:
     assert [t.task_id for t in dag.topological_sort()] == [
         "prepare", "sample", "label", "validate", "publish", "build_warehouse", "report"
     ]
-    for t in dag.tasks:
-        assert t.retries >= 0
+    assert all(t.retries >= 1 for t in dag.tasks if t.task_id != "validate")
     assert dag.get_task("sample").retries >= 1
     assert dag.get_task("validate").retries == 0  # a failed audit is not retried into success
 

@@ -32,8 +32,9 @@ def _chunks(data: Path, run_id: str) -> list[Path]:
     return [p for p in (data / "staging" / run_id / "samples").rglob("chunk-*.parquet")]
 
 
-def _pids(pattern: str) -> list[int]:
-    out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
+def _pids_in_session(sid: int, pattern: str) -> list[int]:
+    """Processes of one session (the run was started with start_new_session=True)."""
+    out = subprocess.run(["pgrep", "-s", str(sid), "-f", pattern], capture_output=True, text=True)
     return [int(p) for p in out.stdout.split()]
 
 
@@ -73,7 +74,12 @@ def test_killed_driver_resumes_exactly_once(tmp_path: Path, tiny_model: Path) ->
     again = _start(study, data, "kill-driver")
     out, _ = again.communicate(timeout=900)
     assert again.returncode == 0, out[-3000:]
-    assert "already present" in out or "already present" in out.replace("\n", " ")
+    import re
+
+    found = re.findall(r"(\d+) samples to draw \((\d+) already present\)", out)
+    assert found, out[-2000:]
+    to_draw, present = map(int, found[0])
+    assert present == 2 * partial and to_draw == 40 - present  # only what the killed run had not written
     assert _count_keys(data) == {"n": 40, "keys": 40}
 
 
@@ -81,7 +87,7 @@ def test_killed_engine_worker_is_restarted_and_nothing_is_lost(tmp_path: Path, t
     study, data = _study(tmp_path, tiny_model), tmp_path / "data"
     proc = _start(study, data, "kill-worker")
     _wait_for_chunks(data, "kill-worker", 2, proc)
-    workers = _pids("ray::VllmEngine")
+    workers = _pids_in_session(proc.pid, "ray::VllmEngine")  # this run's engine only
     assert workers, "no engine actor process found"
     for pid in workers:
         os.kill(pid, signal.SIGKILL)

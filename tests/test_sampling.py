@@ -16,7 +16,7 @@ from pipeline.config import load_study
 from pipeline.lake import parquet_files, read_folder
 from pipeline.prompts import write_prompts
 from pipeline.sample import derive_seed, model_dir, plan_requests, sample_vllm
-from tests.conftest import tiny_model_spec, write_study
+from tests.conftest import REPO, tiny_model_spec, write_study
 
 pytestmark = pytest.mark.slow
 
@@ -113,3 +113,33 @@ def test_vllm_sampling_keys_seeds_and_reproducibility(tmp_path: Path, tiny_model
     # a finished model is not sampled again
     assert sample_vllm(study, spec, "run-1", prompts, samples_dir).sampled_now == 0
     shutil.rmtree(tmp_path / "b")
+
+
+def test_one_failing_request_does_not_fail_its_batch(tmp_path: Path, tiny_model: Path, ray_session) -> None:
+    """A prompt longer than the engine's context fails on its own: it becomes an error row with
+    the engine's message, and the other requests of its batch are sampled normally."""
+    import yaml
+
+    catalog = tmp_path / "catalog"
+    shutil.copytree(REPO / "catalog", catalog)
+    long_q = "Please tell me about this. " * 200  # far beyond max_model_len=512 tokens
+    topics = {"version": 1, "topics": [
+        {"id": "short", "group": "control", "title": "short",
+         "questions": [{"id": "short_q1", "text": {"en": "What is 2 + 2?"}}]},
+        {"id": "long", "group": "control", "title": "long",
+         "questions": [{"id": "long_q1", "text": {"en": long_q}}]},
+    ]}
+    (catalog / "topics.yaml").write_text(yaml.safe_dump(topics), encoding="utf-8")
+    study = load_study(write_study(tmp_path / "study.yaml", catalog=str(catalog), topics=["short", "long"],
+                                   languages=["en"], repetitions=2, models=[tiny_model_spec(tiny_model)]))
+    write_prompts(study, tmp_path / "prompts")
+    prompts = pq.read_table(tmp_path / "prompts" / "catalog.parquet")
+    spec = study.study.models[0]
+    sample_vllm(study, spec, "run-long", prompts, tmp_path / "samples")
+    rows = read_folder(model_dir(tmp_path / "samples", spec.deployment, spec.name)).to_pylist()
+    assert len(rows) == 4
+    by_topic = {}
+    for r in rows:
+        by_topic.setdefault(r["topic"], []).append(r)
+    assert all(r["error"] is None and r["response_text"] for r in by_topic["short"])
+    assert all(r["error"] and r["response_text"] is None and r["finish_reason"] == "error" for r in by_topic["long"])

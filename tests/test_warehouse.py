@@ -353,3 +353,42 @@ def test_degenerate_cells() -> None:
     (cell,) = cell_intervals(one)
     assert cell["n_prompts"] == 1
     assert cell["ci_low"] < cell["refusal_rate"] < cell["ci_high"]
+
+
+def test_rerun_on_another_day_replaces_the_earlier_copy(tmp_path: Path) -> None:
+    """A run id published again with another run_date (--force, a re-triggered DAG run) must
+    not leave its first copy beside the second: the warehouse would load both."""
+    from datetime import date
+
+    study = write_recorded_study(tmp_path / "s", recorded_rows(), name="again")
+    data = tmp_path / "data"
+    for day in (date(2026, 11, 23), date(2026, 11, 30)):
+        ctx = stages.context(study, "same-run", data)
+        stages.prepare(ctx, run_date=day)
+        stages.sample(ctx)
+        stages.label(ctx)
+        stages.validate(ctx)
+        stages.publish(ctx)
+    copies = {p.parent.name for p in (data / "lake" / "samples" / "study=again").glob("run_date=*/run_id=same-run")}
+    assert copies == {"run_date=2026-11-30"}
+    build(DataDir(data))
+    n = fetch(DataDir(data), "SELECT count(*) AS n, count(DISTINCT (model, prompt_id, rep)) AS k FROM samples")[0]
+    assert n["n"] == n["k"] == len(recorded_rows())
+
+
+def test_a_cell_whose_every_sample_failed_is_kept() -> None:
+    """All-error cells stay in refusal_rates with error_rate 1 and no refusal rate, instead of
+    vanishing from the marts and the report."""
+    con = duckdb.connect()
+    con.execute("""CREATE TABLE prompt_stats AS SELECT * FROM (VALUES
+        ('m', 'd', 'p1', 't', 'g', 'en', 'W1', 5, 0, 0, 0, 0, 5, 0, 0, NULL::DOUBLE, FALSE),
+        ('m', 'd', 'p2', 't', 'g', 'en', 'W1', 5, 0, 0, 0, 0, 5, 0, 0, NULL::DOUBLE, FALSE),
+        ('m', 'd', 'p3', 't', 'g', 'zh', 'W1', 5, 5, 2, 1, 2, 0, 5, 1, 0.4, TRUE)
+    ) AS v(model, deployment, prompt_id, topic, topic_group, language, week, n_samples, n_valid,
+           n_refused, n_evasive, n_complied, n_error, n_answers_lang_known, n_language_mismatch,
+           p_refused, flips)""")
+    execute_file(con, "refusal_rates")
+    rows = {r[0]: r[1:] for r in con.execute(
+        "SELECT language, n_prompts, n_samples, refusal_rate, ci_low, error_rate FROM refusal_rates").fetchall()}
+    assert rows["en"] == (0, 10, None, None, 1.0)
+    assert rows["zh"][:3] == (1, 5, 0.4) and rows["zh"][4] == 0.0

@@ -117,8 +117,9 @@ class OpenAIClient:
                     if data == "[DONE]":
                         break
                     event = json.loads(data)
-                    if event.get("error"):
-                        raise StreamError(str(event["error"].get("message") or event["error"]))
+                    error = event.get("error")
+                    if error:
+                        raise StreamError(str(error.get("message") or error) if isinstance(error, dict) else str(error))
                     usage = event.get("usage") or usage
                     for choice in event.get("choices") or []:
                         delta = choice.get("delta") or {}
@@ -170,6 +171,9 @@ class OpenAIClient:
                 retry_after = float(ra) if ra and ra.replace(".", "", 1).isdigit() else None
             except (httpx.TimeoutException, httpx.TransportError, StreamError, json.JSONDecodeError) as exc:
                 last = f"{type(exc).__name__}: {exc}"
+            except Exception as exc:  # a malformed answer: record it, never fail the whole stage
+                last = f"unexpected response: {type(exc).__name__}: {exc}"
+                break
             if attempt < self.max_retries:
                 cap = min(self.backoff_cap_s, self.backoff_base_s * 2**attempt)
                 time.sleep(retry_after if retry_after is not None else random.uniform(0, cap))

@@ -75,7 +75,7 @@ class VllmEngine:
         return True
 
     def generate(self, requests: list[Request], sampling: SamplingSettings) -> list[dict]:
-        """One result dict per request, in order; an engine error marks the batch's rows as errors."""
+        """One result dict per request, in order; a request that fails on its own is an error row."""
         from vllm import SamplingParams
 
         if not requests:
@@ -92,11 +92,25 @@ class VllmEngine:
         start = time.perf_counter()
         try:
             outputs = self.llm.chat([r.messages for r in requests], params, use_tqdm=False)
-        except Exception as exc:  # an engine failure must not lose the batch's keys
-            return [error_result(r, f"{type(exc).__name__}: {exc}") for r in requests]
+        except Exception:
+            # One bad request (e.g. a prompt longer than max_model_len) fails the whole batch:
+            # retry one by one so only the requests that fail on their own become error rows.
+            # If every request fails, the engine itself is broken: raise, so that Ray retries
+            # the call and, failing that, the stage fails and the run can be resumed later.
+            outputs = []
+            for r, p in zip(requests, params):
+                try:
+                    outputs.append(self.llm.chat([r.messages], [p], use_tqdm=False)[0])
+                except Exception as exc:
+                    outputs.append(exc)
+            if all(isinstance(o, Exception) for o in outputs):
+                raise outputs[0]
         elapsed = time.perf_counter() - start
         rows = []
         for r, out in zip(requests, outputs, strict=True):
+            if isinstance(out, Exception):
+                rows.append(error_result(r, f"{type(out).__name__}: {out}"))
+                continue
             completion = out.outputs[0]
             visible, reasoning = split_reasoning(completion.text)
             rows.append(
