@@ -164,6 +164,39 @@ def plan_requests(
     return out
 
 
+@dataclass
+class ModelPlan:
+    """What one model still has to sample in a run, and where it goes."""
+
+    folder: Path
+    done: set[tuple[str, int]]
+    expected: int
+    requests: list[Request]
+    summary: SampleSummary
+    settings: SamplingSettings
+    by_id: dict[str, dict]
+
+
+def plan_model(loaded: LoadedStudy, spec: ModelSpec, run_id: str, prompts: pa.Table, samples_dir: Path) -> ModelPlan:
+    """The samples of one model not yet in its staging folder (every backend resumes this way)."""
+    study = loaded.study
+    folder = model_dir(samples_dir, spec.deployment, spec.name)
+    done = done_keys(folder)
+    expected = prompts.num_rows * study.repetitions
+    requests = plan_requests(prompts, study.repetitions, study.seed, run_id, done)
+    if not requests:
+        log.info("%s @ %s: all %d samples already present", spec.name, spec.deployment, expected)
+    return ModelPlan(
+        folder=folder,
+        done=done,
+        expected=expected,
+        requests=requests,
+        summary=SampleSummary(spec.name, spec.deployment, expected, len(requests), len(done)),
+        settings=SamplingSettings(study.sampling.temperature, study.sampling.top_p, study.sampling.max_tokens),
+        by_id={p["prompt_id"]: p for p in prompts.to_pylist()},
+    )
+
+
 def init_ray(address: str | None) -> None:
     """Connect to a Ray cluster by address, or start a local one (quiet logs, no dashboard)."""
     import os
@@ -197,18 +230,12 @@ def sample_vllm(
     from pipeline.model_prep import resolve_model_path
 
     study = loaded.study
-    folder = model_dir(samples_dir, spec.deployment, spec.name)
-    done = done_keys(folder)
-    expected = prompts.num_rows * study.repetitions
-    requests = plan_requests(prompts, study.repetitions, study.seed, run_id, done)
-    summary = SampleSummary(spec.name, spec.deployment, expected, len(requests), len(done))
+    plan = plan_model(loaded, spec, run_id, prompts, samples_dir)
+    folder, requests, summary, expected, done = plan.folder, plan.requests, plan.summary, plan.expected, plan.done
     if not requests:
-        log.info("%s @ %s: all %d samples already present", spec.name, spec.deployment, expected)
         return summary
-
     model_path = str(resolve_model_path(spec.model_path or "", loaded.base_dir))
-    settings = SamplingSettings(study.sampling.temperature, study.sampling.top_p, study.sampling.max_tokens)
-    by_id = {p["prompt_id"]: p for p in prompts.to_pylist()}
+    settings, by_id = plan.settings, plan.by_id
     init_ray(study.ray_address)
     Actor = engine_actor(spec.engine)
     t0 = time.monotonic()

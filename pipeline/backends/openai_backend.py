@@ -188,18 +188,14 @@ def sample_openai(loaded: LoadedStudy, spec: ModelSpec, run_id: str, prompts: pa
                   client: OpenAIClient | None = None):
     """Sample one deployment over HTTP, in chunks written atomically (resumable like vLLM's)."""
     from pipeline.lake import write_parquet_atomic
-    from pipeline.sample import Progress, SampleSummary, _rows_to_table, done_keys, model_dir, plan_requests
+    from pipeline.sample import Progress, _rows_to_table, plan_model
 
     study = loaded.study
-    folder = model_dir(samples_dir, spec.deployment, spec.name)
-    done = done_keys(folder)
-    expected = prompts.num_rows * study.repetitions
-    requests = plan_requests(prompts, study.repetitions, study.seed, run_id, done)
-    summary = SampleSummary(spec.name, spec.deployment, expected, len(requests), len(done))
-    if not requests:
-        return summary
-    settings = SamplingSettings(study.sampling.temperature, study.sampling.top_p, study.sampling.max_tokens)
-    by_id = {p["prompt_id"]: p for p in prompts.to_pylist()}
+    plan = plan_model(loaded, spec, run_id, prompts, samples_dir)
+    if not plan.requests:
+        return plan.summary
+    folder, requests, summary, settings, by_id = plan.folder, plan.requests, plan.summary, plan.settings, plan.by_id
+    expected, done = plan.expected, plan.done
     client = client or OpenAIClient(spec)
     progress = Progress(f"sampling {spec.name} @ {spec.deployment}", expected, len(done))
     chunk = max(spec.concurrency * 4, spec.engine.batch_size)
