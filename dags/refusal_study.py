@@ -53,14 +53,10 @@ def refusal_study():
         run_id = params.get("run_id") or stages.default_run_id(loaded.study.name, logical)
         run = {"study": str(loaded.path), "run_id": run_id, "data_dir": params.get("data_dir")}
         ctx = _ctx(run)
-        if stages.is_published(ctx.data, run_id):
-            if not params.get("force"):
-                from airflow.exceptions import AirflowSkipException
+        if stages.skip_published(ctx, bool(params.get("force"))):
+            from airflow.exceptions import AirflowSkipException
 
-                raise AirflowSkipException(f"run {run_id} is already published (set force to redo it)")
-            import shutil
-
-            shutil.rmtree(ctx.staging, ignore_errors=True)
+            raise AirflowSkipException(f"run {run_id} is already published (set force to redo it)")
         record = stages.prepare(ctx, run_date=logical.date() if logical else None)
         return {**run, "run_date": record["run_date"]}
 

@@ -273,15 +273,23 @@ def is_published(data: DataDir, run_id: str) -> bool:
     return any(part in p.parts for p in parquet_files(data.dataset("runs")))
 
 
+def skip_published(ctx: RunContext, force: bool) -> bool:
+    """True when the run is already published and not forced; with force, start it afresh."""
+    if force:
+        shutil.rmtree(ctx.staging, ignore_errors=True)
+        return False
+    if is_published(ctx.data, ctx.run_id):
+        log.info("run %s is already published; nothing to do (use --force to redo it)", ctx.run_id)
+        return True
+    return False
+
+
 def run_all(study_path: str | Path, run_id: str | None = None, data_dir: str | Path | None = None,
             force: bool = False) -> dict[str, Any]:
     """All stages for one study in this process (what `refusals run` does)."""
     ctx = context(study_path, run_id, data_dir)
-    if is_published(ctx.data, ctx.run_id) and not force:
-        log.info("run %s is already published; nothing to do (use --force to redo it)", ctx.run_id)
+    if skip_published(ctx, force):
         return {"run_id": ctx.run_id, "skipped": True, "warehouse": str(ctx.data.warehouse)}
-    if force:
-        shutil.rmtree(ctx.staging, ignore_errors=True)
     prepare(ctx)
     sample(ctx)
     label(ctx)
