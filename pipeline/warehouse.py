@@ -1,8 +1,10 @@
 """Stage 6: the warehouse. One DuckDB file built from the lake by the SQL files in `sql/`.
 
 Incremental by run: loading a run deletes and re-inserts only that run's rows in `samples`,
-`labels`, `prompts`, `runs` and `prompt_stats`; `refusal_rates` is then rebuilt from
-`prompt_stats` (one row per prompt, small). A full rebuild is `refusals warehouse --rebuild`.
+`labels`, `prompts`, `runs` and `prompt_stats`; `refusal_rates` and `comparisons` are then
+rebuilt from `prompt_stats` (one row per prompt and run, small), and the `compare_*` views
+read `comparisons`. A full rebuild is `refusals warehouse --rebuild`. The statistics macros
+of `sql/macros.sql` are stored in the file, so ad hoc SQL can use them too.
 
 Each SQL file is a chain of statements separated by `;` at the end of a line, with named
 parameters (`$run_id`, `$files`) bound by DuckDB, never pasted in.
@@ -22,7 +24,8 @@ log = logging.getLogger(__name__)
 SQL_DIR = REPO_ROOT / "sql"
 PER_RUN = ("runs", "prompts", "samples", "labels")  # loaded from the lake, in this order
 MARTS = ("prompt_stats",)  # per run, from the tables above
-GLOBAL = ("refusal_rates",)  # rebuilt from the per-run marts
+GLOBAL = ("refusal_rates", "comparisons")  # rebuilt from the per-run marts
+VIEWS = ("compare_weeks", "compare_languages", "compare_deployments")  # over `comparisons`
 
 
 def statements(name: str) -> list[str]:
@@ -38,6 +41,18 @@ def execute_file(con: Any, name: str, params: dict[str, Any] | None = None) -> N
     for stmt in statements(name):
         used = {k: v for k, v in params.items() if re.search(rf"\${k}\b", stmt)}
         con.execute(stmt, used) if used else con.execute(stmt)
+
+
+def install_macros(con: Any) -> None:
+    """The shared statistics macros (Wilson bounds, n_eff, p-values) of `sql/macros.sql`."""
+    execute_file(con, "macros")
+
+
+def build_global(con: Any) -> None:
+    """Rebuild the marts over all runs from `prompt_stats`, then the views over them."""
+    install_macros(con)
+    for name in (*GLOBAL, *VIEWS):
+        execute_file(con, name)
 
 
 def connect(data: DataDir, read_only: bool = False):
@@ -93,8 +108,11 @@ def build(data: DataDir, run_ids: list[str] | None = None, rebuild: bool = False
     con = connect(data)
     try:
         if rebuild:
+            for name in VIEWS:
+                con.execute(f'DROP VIEW IF EXISTS "{name}"')
             for name in (*GLOBAL, *MARTS, *PER_RUN):
                 con.execute(f'DROP TABLE IF EXISTS "{name}"')
+        install_macros(con)
         for name in PER_RUN + MARTS:
             # create empty tables so that the global marts can always be built
             for stmt in statements(name):
@@ -105,11 +123,10 @@ def build(data: DataDir, run_ids: list[str] | None = None, rebuild: bool = False
         for run_id in todo:
             log.info("warehouse: loading run %s", run_id)
             load_run(con, data, run_id)
-        for name in GLOBAL:
-            execute_file(con, name)
+        build_global(con)
         counts = {
             name: con.execute(f'SELECT count(*) FROM "{name}"').fetchone()[0]
-            for name in (*PER_RUN, *MARTS, *GLOBAL)
+            for name in (*PER_RUN, *MARTS, *GLOBAL, *VIEWS)
         }
         con.execute("CHECKPOINT")
         return counts

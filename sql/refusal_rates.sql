@@ -1,14 +1,27 @@
 -- refusal_rates: model × deployment × topic × language × week, rebuilt from prompt_stats
--- (small: one row per prompt), so a new run never rescans old samples.
+-- (small: one row per prompt and run), so a new run never rescans old samples.
 --
 -- The interval respects clustering: repetitions of one prompt are correlated, so the
 -- variance of the ratio estimator p = Σ r_g / Σ m_g is the cluster-robust (CR1) one over
 -- prompts g. It enters a Wilson interval through the effective sample size
 -- n_eff = p(1-p) / se², bounded to [number of prompts, number of samples]; when p is 0 or 1
--- (se = 0) n_eff is the number of prompts, the conservative end.
+-- (se = 0) n_eff is the number of prompts, the conservative end (macros in macros.sql).
+--
+-- A prompt sampled in two runs of one week is one cluster: its counts are summed first.
 CREATE OR REPLACE TABLE refusal_rates AS
 WITH source AS (
-    SELECT * FROM prompt_stats
+    SELECT model, deployment, week, prompt_id,
+           any_value(topic) AS topic, any_value(topic_group) AS topic_group,
+           any_value(language) AS language,
+           sum(n_samples) AS n_samples, sum(n_valid) AS n_valid, sum(n_refused) AS n_refused,
+           sum(n_evasive) AS n_evasive, sum(n_error) AS n_error,
+           sum(n_answers_lang_known) AS n_answers_lang_known,
+           sum(n_language_mismatch) AS n_language_mismatch
+    FROM prompt_stats
+    GROUP BY model, deployment, week, prompt_id
+),
+per_prompt AS (
+    SELECT *, n_refused / nullif(n_valid, 0) AS p_refused FROM source
 ),
 -- every cell, including one whose every sample failed (rates null, error_rate 1)
 cells AS (
@@ -21,11 +34,12 @@ cells AS (
            sum(n_error) AS n_error,
            sum(n_answers_lang_known) AS n_answers_lang_known,
            sum(n_language_mismatch) AS n_language_mismatch,
-           avg(CASE WHEN flips THEN 1.0 ELSE 0.0 END) FILTER (WHERE n_valid > 0) AS flip_rate,
+           avg(CASE WHEN p_refused > 0 AND p_refused < 1 THEN 1.0 ELSE 0.0 END)
+               FILTER (WHERE n_valid > 0) AS flip_rate,
            var_pop(p_refused) AS var_between,
            avg(p_refused * (1 - p_refused)) AS var_within,
            sum(n_refused) / nullif(sum(n_valid), 0) AS refusal_rate
-    FROM source
+    FROM per_prompt
     GROUP BY model, deployment, topic, language, week
 ),
 robust AS (
@@ -34,32 +48,21 @@ robust AS (
                count(*) / (count(*) - 1.0)
                * sum(power(s.n_refused - c.refusal_rate * s.n_valid, 2)) / power(sum(s.n_valid), 2)
            END AS se2
-    FROM source AS s
+    FROM per_prompt AS s
     JOIN cells AS c USING (model, deployment, topic, language, week)
     WHERE s.n_valid > 0
     GROUP BY ALL
 ),
 final AS (
-    SELECT c.*, r.se2,
-           CASE
-               WHEN c.refusal_rate IS NULL THEN NULL
-               WHEN c.n_prompts < 2 OR r.se2 IS NULL OR r.se2 = 0 THEN c.n_prompts::DOUBLE
-               ELSE greatest(c.n_prompts, least(c.n_valid, c.refusal_rate * (1 - c.refusal_rate) / r.se2))
-           END AS n_eff,
-           1.959963984540054 AS z
+    SELECT c.*, r.se2, n_eff(c.refusal_rate, r.se2, c.n_prompts, c.n_valid) AS n_eff
     FROM cells AS c
     LEFT JOIN robust AS r USING (model, deployment, topic, language, week)
 )
 SELECT model, deployment, topic, topic_group, language, week,
-       n_prompts, n_samples, n_valid,
+       n_prompts, n_samples, n_valid, n_refused,
        refusal_rate,
-       -- greatest/least skip NULLs, so a cell without a rate is kept NULL explicitly
-       CASE WHEN n_eff IS NOT NULL THEN greatest(0.0, (refusal_rate + z * z / (2 * n_eff)
-           - z * sqrt(refusal_rate * (1 - refusal_rate) / n_eff + z * z / (4 * n_eff * n_eff)))
-           / (1 + z * z / n_eff)) END AS ci_low,
-       CASE WHEN n_eff IS NOT NULL THEN least(1.0, (refusal_rate + z * z / (2 * n_eff)
-           + z * sqrt(refusal_rate * (1 - refusal_rate) / n_eff + z * z / (4 * n_eff * n_eff)))
-           / (1 + z * z / n_eff)) END AS ci_high,
+       wilson_low(refusal_rate, n_eff) AS ci_low,
+       wilson_high(refusal_rate, n_eff) AS ci_high,
        sqrt(se2) AS cluster_se,
        n_eff,
        n_evasive / nullif(n_valid, 0) AS evasive_rate,

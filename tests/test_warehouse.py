@@ -20,7 +20,7 @@ import pytest
 from pipeline import run as stages
 from pipeline.lake import read_folder
 from pipeline.paths import DataDir
-from pipeline.warehouse import build, execute_file, query, statements
+from pipeline.warehouse import build, build_global, execute_file, install_macros, query, statements
 
 Z = 1.959963984540054
 REFUSAL = "I'm sorry, but I can't help with that."
@@ -292,6 +292,7 @@ def cell_intervals(table: pa.Table) -> list[dict]:
         con.execute(statements("prompt_stats")[0])  # the mart's own CREATE TABLE
         con.register("sim", table)
         con.execute("INSERT INTO prompt_stats BY NAME SELECT * FROM sim")
+        install_macros(con)
         execute_file(con, "refusal_rates")
         cur = con.execute("SELECT * FROM refusal_rates ORDER BY topic")
         cols = [d[0] for d in cur.description]
@@ -387,6 +388,7 @@ def test_a_cell_whose_every_sample_failed_is_kept() -> None:
     ) AS v(model, deployment, prompt_id, topic, topic_group, language, week, n_samples, n_valid,
            n_refused, n_evasive, n_complied, n_error, n_answers_lang_known, n_language_mismatch,
            p_refused, flips)""")
+    install_macros(con)
     execute_file(con, "refusal_rates")
     rows = {r[0]: r[1:] for r in con.execute(
         "SELECT language, n_prompts, n_samples, refusal_rate, ci_low, error_rate FROM refusal_rates").fetchall()}
