@@ -5,6 +5,6 @@
 CREATE OR REPLACE VIEW compare_deployments AS
 SELECT model, topic, topic_group, language_a AS language, week_a AS week,
        deployment_a, deployment_b, n_prompts_a AS n_shared_prompts, rate_a, rate_b, diff,
-       diff_ci_low, diff_ci_high, z, p_value, family_size, q_value, significant
+       diff_ci_low, diff_ci_high, test, z, df, p_value, family_size, q_value, significant
 FROM comparisons
 WHERE kind = 'deployment';

@@ -4,6 +4,6 @@
 CREATE OR REPLACE VIEW compare_languages AS
 SELECT model, deployment_a AS deployment, topic, topic_group, week_a AS week,
        language_a, language_b, n_prompts_a, n_prompts_b, rate_a, rate_b, diff, diff_ci_low,
-       diff_ci_high, z, p_value, family_size, q_value, significant
+       diff_ci_high, test, z, df, p_value, family_size, q_value, significant
 FROM comparisons
 WHERE kind = 'language';

@@ -1,16 +1,23 @@
 -- comparisons: every test the report and the compare_* views show, one row per pair of
 -- cells, rebuilt from refusal_rates and prompt_stats (both small).
 --
---   kind = 'week'        a cell this week against the same cell in the previous week with data
---   kind = 'language'    two languages of one model × deployment × topic × week (a < b)
+--   kind = 'week'        a cell this week against the same cell in the previous week with
+--                        data, on the prompts both weeks asked
 --   kind = 'deployment'  one model in two deployments (a < b), on the prompts both answered,
 --                        per topic × language × week
+--   kind = 'language'    two languages of one model × deployment × topic × week (a < b)
 --
--- Each side is a clustered proportion with its effective sample size n_eff (see
--- refusal_rates.sql); the test is a design-effect-adjusted two-proportion z test
--- (macros diff_z, p_two_sided) and the interval of the difference is Newcombe's hybrid score
--- interval from the two sides' cluster-aware Wilson intervals. Unpaired: where the two sides
--- share prompts (weeks, deployments) the test is conservative.
+-- Same prompts on both sides (weeks, deployments): the question is whether the model
+-- behaves differently on these prompts, so each prompt is a stratum and the test is
+-- Cochran-Mantel-Haenszel (repetitions of one prompt are independent given the prompt);
+-- the interval of the difference is Newcombe's hybrid score interval from the two sides'
+-- Wilson intervals over samples.
+--
+-- Different prompts (languages: translations are other prompts): each side is a clustered
+-- proportion with its effective sample size n_eff (see refusal_rates.sql); the statistic is
+-- a design-effect-adjusted two-proportion one, referred to a t distribution with
+-- Welch-Satterthwaite degrees of freedom over the prompt clusters (macros diff_z, diff_df,
+-- p_t); the interval is Newcombe's from the cluster-aware Wilson intervals.
 --
 -- False discoveries: q_value is the Benjamini-Hochberg adjusted p-value within one family,
 -- a kind in a week (every model, deployment, topic and language compared that week);
@@ -20,30 +27,7 @@ CREATE OR REPLACE TABLE comparisons AS
 WITH rates AS (
     SELECT * FROM refusal_rates WHERE refusal_rate IS NOT NULL
 ),
-weeks AS (
-    SELECT 'week' AS kind, model, deployment AS deployment_a, deployment AS deployment_b,
-           topic, topic_group, language AS language_a, language AS language_b,
-           week AS week_a, lag(week) OVER w AS week_b,
-           n_prompts AS n_prompts_a, lag(n_prompts) OVER w AS n_prompts_b,
-           refusal_rate AS rate_a, lag(refusal_rate) OVER w AS rate_b,
-           n_eff AS n_eff_a, lag(n_eff) OVER w AS n_eff_b,
-           ci_low AS low_a, ci_high AS high_a, lag(ci_low) OVER w AS low_b, lag(ci_high) OVER w AS high_b
-    FROM rates
-    WINDOW w AS (PARTITION BY model, deployment, topic, language ORDER BY week)
-),
-languages AS (
-    SELECT 'language' AS kind, a.model, a.deployment AS deployment_a, a.deployment AS deployment_b,
-           a.topic, a.topic_group, a.language AS language_a, b.language AS language_b,
-           a.week AS week_a, b.week AS week_b, a.n_prompts AS n_prompts_a, b.n_prompts AS n_prompts_b,
-           a.refusal_rate AS rate_a, b.refusal_rate AS rate_b, a.n_eff AS n_eff_a, b.n_eff AS n_eff_b,
-           a.ci_low AS low_a, a.ci_high AS high_a, b.ci_low AS low_b, b.ci_high AS high_b
-    FROM rates AS a
-    JOIN rates AS b
-      ON a.model = b.model AND a.deployment = b.deployment AND a.topic = b.topic
-     AND a.week = b.week AND a.language < b.language
-),
--- deployments: one row per prompt of a model × deployment × week (runs of a week summed),
--- kept where both deployments have answers to the prompt
+-- one row per prompt of a model × deployment × week (the runs of a week summed)
 per_prompt AS (
     SELECT model, deployment, week, prompt_id, any_value(topic) AS topic,
            any_value(topic_group) AS topic_group, any_value(language) AS language,
@@ -52,68 +36,85 @@ per_prompt AS (
     GROUP BY model, deployment, week, prompt_id
     HAVING sum(n_valid) > 0
 ),
+previous AS (
+    SELECT model, deployment, topic, language, week, lag(week) OVER w AS prev_week
+    FROM rates
+    WINDOW w AS (PARTITION BY model, deployment, topic, language ORDER BY week)
+),
+-- prompts asked on both sides of a same-prompt comparison, one row per prompt
 shared AS (
-    SELECT a.model, a.week, a.topic, a.topic_group, a.language, a.prompt_id,
-           a.deployment AS deployment_a, b.deployment AS deployment_b,
+    SELECT 'week' AS kind, a.model, a.deployment AS deployment_a, a.deployment AS deployment_b,
+           a.topic, a.topic_group, a.language, a.week AS week_a, b.week AS week_b, a.prompt_id,
            a.n_valid AS valid_a, a.n_refused AS refused_a, b.n_valid AS valid_b, b.n_refused AS refused_b
+    FROM per_prompt AS a
+    JOIN previous AS v USING (model, deployment, topic, language, week)
+    JOIN per_prompt AS b
+      ON b.model = a.model AND b.deployment = a.deployment AND b.prompt_id = a.prompt_id
+     AND b.week = v.prev_week
+    UNION ALL
+    SELECT 'deployment' AS kind, a.model, a.deployment, b.deployment, a.topic, a.topic_group,
+           a.language, a.week, b.week, a.prompt_id, a.n_valid, a.n_refused, b.n_valid, b.n_refused
     FROM per_prompt AS a
     JOIN per_prompt AS b
       ON a.model = b.model AND a.week = b.week AND a.prompt_id = b.prompt_id
      AND a.deployment < b.deployment
 ),
-shared_cells AS (
-    SELECT model, week, topic, any_value(topic_group) AS topic_group, language,
-           deployment_a, deployment_b, count(*) AS n_prompts,
-           sum(valid_a) AS valid_a, sum(refused_a) / sum(valid_a) AS rate_a,
-           sum(valid_b) AS valid_b, sum(refused_b) / sum(valid_b) AS rate_b
+-- Cochran-Mantel-Haenszel over prompts: observed minus expected refusals of side a in each
+-- prompt's 2×2 table, and the hypergeometric variance
+stratified AS (
+    SELECT kind, model, deployment_a, deployment_b, topic, any_value(topic_group) AS topic_group,
+           language, week_a, week_b, count(*) AS n_prompts,
+           sum(valid_a) AS valid_a, sum(refused_a) AS refused_a,
+           sum(valid_b) AS valid_b, sum(refused_b) AS refused_b,
+           sum(refused_a - valid_a * (refused_a + refused_b) / (valid_a + valid_b)) AS cmh_num,
+           sum(CASE WHEN valid_a + valid_b > 1 THEN
+                   valid_a * valid_b * (refused_a + refused_b) * (valid_a + valid_b - refused_a - refused_b)
+                   / (power(valid_a + valid_b, 2) * (valid_a + valid_b - 1.0)) ELSE 0 END) AS cmh_var
     FROM shared
-    GROUP BY model, week, topic, language, deployment_a, deployment_b
+    GROUP BY kind, model, deployment_a, deployment_b, topic, language, week_a, week_b
 ),
-residuals AS (
-    SELECT model, week, topic, language, deployment_a, deployment_b,
-           sum(power(s.refused_a - c.rate_a * s.valid_a, 2)) AS ss_a,
-           sum(power(s.refused_b - c.rate_b * s.valid_b, 2)) AS ss_b
-    FROM shared_cells AS c
-    JOIN shared AS s USING (model, week, topic, language, deployment_a, deployment_b)
-    GROUP BY model, week, topic, language, deployment_a, deployment_b
+same_prompts AS (
+    SELECT kind, model, deployment_a, deployment_b, topic, topic_group,
+           language AS language_a, language AS language_b, week_a, week_b,
+           n_prompts AS n_prompts_a, n_prompts AS n_prompts_b,
+           refused_a / valid_a AS rate_a, refused_b / valid_b AS rate_b,
+           valid_a::DOUBLE AS n_eff_a, valid_b::DOUBLE AS n_eff_b,
+           CASE WHEN cmh_var > 0 THEN cmh_num / sqrt(cmh_var) ELSE 0.0 END AS z,
+           NULL::DOUBLE AS df,
+           'cmh' AS test
+    FROM stratified
 ),
-shared_se AS (
-    SELECT c.*,
-           CASE WHEN c.n_prompts > 1 THEN c.n_prompts / (c.n_prompts - 1.0) * r.ss_a / power(c.valid_a, 2) END AS se2_a,
-           CASE WHEN c.n_prompts > 1 THEN c.n_prompts / (c.n_prompts - 1.0) * r.ss_b / power(c.valid_b, 2) END AS se2_b
-    FROM shared_cells AS c
-    JOIN residuals AS r USING (model, week, topic, language, deployment_a, deployment_b)
-),
-shared_eff AS (
-    SELECT *, n_eff(rate_a, se2_a, n_prompts, valid_a) AS n_eff_a,
-              n_eff(rate_b, se2_b, n_prompts, valid_b) AS n_eff_b
-    FROM shared_se
-),
-deployments AS (
-    SELECT 'deployment' AS kind, model, deployment_a, deployment_b, topic, topic_group,
-           language AS language_a, language AS language_b, week AS week_a, week AS week_b,
-           n_prompts AS n_prompts_a, n_prompts AS n_prompts_b, rate_a, rate_b, n_eff_a, n_eff_b,
-           wilson_low(rate_a, n_eff_a) AS low_a, wilson_high(rate_a, n_eff_a) AS high_a,
-           wilson_low(rate_b, n_eff_b) AS low_b, wilson_high(rate_b, n_eff_b) AS high_b
-    FROM shared_eff
+languages AS (
+    SELECT 'language' AS kind, a.model, a.deployment AS deployment_a, a.deployment AS deployment_b,
+           a.topic, a.topic_group, a.language AS language_a, b.language AS language_b,
+           a.week AS week_a, b.week AS week_b, a.n_prompts AS n_prompts_a, b.n_prompts AS n_prompts_b,
+           a.refusal_rate AS rate_a, b.refusal_rate AS rate_b, a.n_eff AS n_eff_a, b.n_eff AS n_eff_b,
+           diff_z(a.refusal_rate, a.n_eff, b.refusal_rate, b.n_eff) AS z,
+           diff_df(a.n_eff, a.n_prompts, b.n_eff, b.n_prompts) AS df,
+           'cluster_t' AS test
+    FROM rates AS a
+    JOIN rates AS b
+      ON a.model = b.model AND a.deployment = b.deployment AND a.topic = b.topic
+     AND a.week = b.week AND a.language < b.language
 ),
 pairs AS (
-    SELECT * FROM weeks WHERE week_b IS NOT NULL
+    SELECT * FROM same_prompts
     UNION ALL BY NAME SELECT * FROM languages
-    UNION ALL BY NAME SELECT * FROM deployments
 ),
 tested AS (
     SELECT *, rate_a - rate_b AS diff,
-           diff_low(rate_a, low_a, high_a, rate_b, low_b, high_b) AS diff_ci_low,
-           diff_high(rate_a, low_a, high_a, rate_b, low_b, high_b) AS diff_ci_high,
-           diff_z(rate_a, n_eff_a, rate_b, n_eff_b) AS z
+           diff_low(rate_a, wilson_low(rate_a, n_eff_a), wilson_high(rate_a, n_eff_a),
+                    rate_b, wilson_low(rate_b, n_eff_b), wilson_high(rate_b, n_eff_b)) AS diff_ci_low,
+           diff_high(rate_a, wilson_low(rate_a, n_eff_a), wilson_high(rate_a, n_eff_a),
+                     rate_b, wilson_low(rate_b, n_eff_b), wilson_high(rate_b, n_eff_b)) AS diff_ci_high,
+           CASE WHEN df IS NULL THEN p_two_sided(z) ELSE p_t(z, df) END AS p_value
     FROM pairs
 ),
 ranked AS (
-    SELECT *, p_two_sided(z) AS p_value,
+    SELECT *,
            count(*) OVER (PARTITION BY kind, week_a) AS m,
            row_number() OVER (PARTITION BY kind, week_a
-                              ORDER BY p_two_sided(z), model, deployment_a, deployment_b, topic,
+                              ORDER BY p_value, model, deployment_a, deployment_b, topic,
                                        language_a, language_b, week_b) AS rank
     FROM tested
 ),
@@ -126,7 +127,7 @@ adjusted AS (
 )
 SELECT kind, model, deployment_a, deployment_b, topic, topic_group, language_a, language_b,
        week_a, week_b, n_prompts_a, n_prompts_b, rate_a, rate_b, n_eff_a, n_eff_b,
-       diff, diff_ci_low, diff_ci_high, z, p_value, m AS family_size, q_value,
+       diff, diff_ci_low, diff_ci_high, test, z, df, p_value, m AS family_size, q_value,
        q_value < 0.05 AS significant
 FROM adjusted
 ORDER BY kind, week_a, q_value, model, topic;
