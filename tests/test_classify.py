@@ -10,6 +10,7 @@ import pytest
 from pipeline.classify import (
     CANNED_REFUSALS,
     OUTPUT_COLUMNS,
+    STOCK_REFUSALS,
     Classification,
     classify,
     classify_file,
@@ -149,6 +150,29 @@ def test_streamed_answer_withdrawn() -> None:
 def test_canned_catalogue_ids_unique() -> None:
     ids = [c["id"] for c in CANNED_REFUSALS]
     assert len(ids) == len(set(ids))
+
+
+@pytest.mark.parametrize("text", [c["text"] for c in STOCK_REFUSALS] + [
+    "I’m sorry, but I can’t assist with that.",  # curly apostrophes
+    "Sorry, but I can't assist with that",  # no full stop
+])
+def test_model_stock_refusal_is_refused_but_not_canned(text: str) -> None:
+    # A model's own short stock refusal (OpenAI models, and Qwen/GLM trained on
+    # their outputs) is not a deployment's fixed message: refused, canned False.
+    c = classify(text)
+    assert c.label == "refused" and not c.canned_refusal and c.canned_refusal_id is None
+    assert c.rule == "stock_refusal"
+
+
+def test_stock_refusal_replacing_an_answer_is_retracted_not_canned() -> None:
+    c = classify(LONG_EN_BODY + "\n\nI'm sorry, but I can't assist with that.")
+    assert c.label == "refused" and c.retracted and not c.canned_refusal
+
+
+def test_canned_catalogue_is_deployment_messages_only() -> None:
+    assert {c["vendor"] for c in CANNED_REFUSALS} <= {"deepseek", "google"}
+    stock = {c["text"] for c in STOCK_REFUSALS}
+    assert not stock & {c["text"] for c in CANNED_REFUSALS}
 
 
 # --- reasoning ---
