@@ -67,6 +67,53 @@ def read_folder(folder: Path, columns: list[str] | None = None) -> pa.Table | No
     return pa.concat_tables(tables, promote_options="default")
 
 
+def copy_parquet(files: list[Path], path: Path, language: str | None = None,
+                 batch_rows: int = 65536) -> int:
+    """Stream the rows of `files` (only those of `language`, when given) into one Parquet
+    file, written atomically. DuckDB scans, pyarrow writes batch by batch: memory is bounded
+    by the batch, not by the files' size. Returns the number of rows written."""
+    import duckdb
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f"{TMP_PREFIX}{uuid.uuid4().hex}-{path.name}"
+    con = duckdb.connect()
+    n = 0
+    try:
+        con.execute("SET memory_limit = '1GB'")
+        con.execute("SET TimeZone = 'UTC'")
+        sql = "SELECT * FROM read_parquet($files, union_by_name = true, hive_partitioning = false)"
+        params: dict[str, Any] = {"files": [str(f) for f in files]}
+        if language is not None:
+            sql += " WHERE language = $language"
+            params["language"] = language
+        reader = con.sql(sql, params=params).fetch_record_batch(batch_rows)
+        with pq.ParquetWriter(tmp, reader.schema, compression="zstd") as writer:
+            for batch in reader:
+                writer.write_batch(batch)
+                n += batch.num_rows
+        os.replace(tmp, path)
+    finally:
+        con.close()
+        tmp.unlink(missing_ok=True)
+    return n
+
+
+def distinct_values(files: list[Path], column: str) -> list[Any]:
+    """The distinct values of one column over Parquet files (streamed by DuckDB)."""
+    import duckdb
+
+    con = duckdb.connect()
+    try:
+        rows = con.execute(
+            "SELECT DISTINCT * FROM (SELECT COLUMNS($column) FROM read_parquet($files, union_by_name = true, "
+            "hive_partitioning = false)) ORDER BY ALL",
+            {"files": [str(f) for f in files], "column": column},
+        ).fetchall()
+        return [r[0] for r in rows]
+    finally:
+        con.close()
+
+
 def hive_path(root: Path, **parts: str) -> Path:
     """`root/k1=v1/k2=v2/...` with URI-encoded values."""
     path = root

@@ -71,6 +71,11 @@ class DataDir:
         return self.root / "reports"
 
     @property
+    def validation(self) -> Path:
+        """One HTML summary per validated run: `validation/<run_id>/index.html`."""
+        return self.root / "validation"
+
+    @property
     def runs(self) -> Path:
         """One JSON record per run (the `runs` table of the warehouse reads these)."""
         return self.lake / "runs"

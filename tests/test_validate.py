@@ -108,11 +108,12 @@ def test_clean_run_passes(tmp_path: Path, prompts) -> None:
     staging = stage(tmp_path, prompts, make_samples(prompts))
     outcome = validate_run(staging, RUN, expected(prompts))
     assert outcome.success, outcome.summary_markdown()
-    assert {s.suite for s in outcome.suites} == {"samples", "sample_counts", "labels", "prompts"}
+    assert {s.suite for s in outcome.suites} == {"samples", "labels", "keys", "sample_counts", "error_rates", "prompts"}
     assert all(s.evaluated > 0 for s in outcome.suites)
     saved = json.loads((staging / "validation.json").read_text())
     assert saved["success"] is True and saved["run_id"] == RUN
     assert "passed" in (staging / "validation.md").read_text()
+    assert "passed" in (staging / "validation.html").read_text()
     # the hand-made labels are real classifier output, with both labels present
     labels = set(pc.unique(label_table(pa.Table.from_pylist(make_samples(prompts), schema=SAMPLE_SCHEMA),
                                        {}).column("label")).to_pylist())
@@ -132,12 +133,15 @@ def duplicate_run(tmp_path_factory, prompts):
 def test_duplicate_sample_keys_fail(duplicate_run) -> None:
     staging, outcome = duplicate_run
     assert not outcome.success
-    kinds = failed_types(outcome)
-    assert ("samples", "expect_compound_columns_to_be_unique") in kinds
-    assert ("labels", "expect_compound_columns_to_be_unique") in kinds
-    # nothing else is wrong with this run
-    assert {k for _, k in kinds} == {"expect_compound_columns_to_be_unique"}
-    assert "expect_compound_columns_to_be_unique" in (staging / "validation.md").read_text()
+    failures = {tuple(f["columns"]): f for f in failed(outcome)["keys"]}
+    # duplicate keys in samples and in labels, named down to the prompt; nothing else is wrong
+    assert set(failures) == {("samples_rows", "samples_keys"), ("labels_rows", "labels_keys")}
+    assert set(failed(outcome)) == {"keys"}
+    dup_prompt = make_samples(make_prompts())[1]["prompt_id"]
+    assert failures[("samples_rows", "samples_keys")]["rows"][0]["prompt_id"] == dup_prompt
+    md = (staging / "validation.md").read_text()
+    assert "expect_column_pair_values_to_be_equal" in md and f"prompt_id={dup_prompt}" in md
+    assert dup_prompt in (staging / "validation.html").read_text()
 
 
 def test_missing_row_fails_row_count(tmp_path: Path, prompts) -> None:
@@ -145,11 +149,9 @@ def test_missing_row_fails_row_count(tmp_path: Path, prompts) -> None:
     staging = stage(tmp_path, prompts, rows)
     outcome = validate_run(staging, RUN, expected(prompts))
     assert not outcome.success
-    kinds = failed_types(outcome)
-    assert ("samples", "expect_table_row_count_to_equal") in kinds
-    assert ("labels", "expect_table_row_count_to_equal") in kinds
-    detail = next(f for f in failed(outcome)["samples"] if f["expectation"] == "expect_table_row_count_to_equal")
-    assert str(prompts.num_rows * REPS - 1) in detail["detail"]
+    sums = {f["column"]: f for f in failed(outcome)["keys"] if f["expectation"] == "expect_column_sum_to_be_between"}
+    assert set(sums) == {"samples_rows", "labels_rows"}
+    assert str(prompts.num_rows * REPS - 1) in sums["samples_rows"]["detail"]
 
 
 def test_label_lost_between_stages_fails(tmp_path: Path, prompts) -> None:
@@ -157,7 +159,15 @@ def test_label_lost_between_stages_fails(tmp_path: Path, prompts) -> None:
     labels = label_table(samples, {}).slice(1)
     staging = stage(tmp_path, prompts, samples, labels=labels)
     outcome = validate_run(staging, RUN, expected(prompts))
-    assert failed_types(outcome) == {("labels", "expect_table_row_count_to_equal")}
+    keys = failed(outcome)["keys"]
+    assert set(failed(outcome)) == {"keys"}
+    # the lost label is named: a sample key without a label, and the label count one short
+    assert {(f["expectation"], str(f["columns"] or f["column"])) for f in keys} == {
+        ("expect_column_pair_values_to_be_equal", "['samples_keys', 'matched_keys']"),
+        ("expect_column_sum_to_be_between", "labels_rows")}
+    lost = samples.slice(0, 1).to_pylist()[0]
+    pair = next(f for f in keys if f["columns"])
+    assert pair["rows"][0]["prompt_id"] == lost["prompt_id"]
 
 
 def test_wrong_label_value_fails(tmp_path: Path, prompts) -> None:
@@ -193,8 +203,10 @@ def test_error_rate_above_bound_fails(tmp_path: Path, prompts) -> None:
         r.update(response_text=None, error="HTTP 500", finish_reason=None)
     staging = stage(tmp_path, prompts, rows)
     outcome = validate_run(staging, RUN, expected(prompts, max_error_rate=0.2))
-    assert failed_types(outcome) == {("samples", "expect_column_values_to_be_null")}
-    assert failed(outcome)["samples"][0]["column"] == "error"
+    assert failed_types(outcome) == {("error_rates", "expect_column_values_to_be_between")}
+    failure = failed(outcome)["error_rates"][0]
+    assert failure["column"] == "error_rate" and failure["rows"] == [
+        {"model": "m", "deployment": "d", "error_rate": 0.25}]
 
 
 def test_error_rate_within_bound_passes(tmp_path: Path, prompts) -> None:
@@ -263,9 +275,9 @@ def test_quarantine_moves_run_and_explains(tmp_path: Path, duplicate_run) -> Non
     assert (target / "samples").is_dir() and (target / "labels").is_dir()
     summary = (target / "validation.md").read_text(encoding="utf-8")
     assert "FAILED" in summary
-    assert "expect_compound_columns_to_be_unique" in summary
+    assert "expect_column_pair_values_to_be_equal" in summary
     assert info.value.summary_path == str(target / "validation.md")
-    assert "expect_compound_columns_to_be_unique" in str(info.value)
+    assert "expect_column_pair_values_to_be_equal" in str(info.value)
     assert str(target) in str(info.value)
     assert json.loads((target / "validation.json").read_text())["success"] is False
 
@@ -282,3 +294,103 @@ def test_quarantine_replaces_an_earlier_attempt(tmp_path: Path, prompts) -> None
         quarantine(staging, qdir, outcome)
     assert not (qdir / RUN / "stale.txt").exists()
     assert "expect_table_row_count_to_equal" in (qdir / RUN / "validation.md").read_text()
+
+
+# --------------------------------------------------------------------------- bad data, bounded memory
+
+
+def test_truncated_parquet_file_is_named(tmp_path: Path, prompts) -> None:
+    staging = stage(tmp_path, prompts, make_samples(prompts))
+    chunk = next((staging / "samples").rglob("chunk-1.parquet"))
+    data = chunk.read_bytes()
+    chunk.write_bytes(data[: len(data) // 2])  # a writer killed half-way (no footer)
+    outcome = validate_run(staging, RUN, expected(prompts))
+    assert not outcome.success
+    (damage,) = failed(outcome)["files"]
+    assert str(chunk) in damage["detail"] and "parquet" in damage["detail"].lower()
+    # the rest is still checked: without the file, no samples are left
+    assert "samples" in failed(outcome)
+    assert str(chunk) in (staging / "validation.md").read_text()
+
+
+def test_missing_key_column_is_named(tmp_path: Path, prompts) -> None:
+    samples = pa.Table.from_pylist(make_samples(prompts), schema=SAMPLE_SCHEMA)
+    labels = label_table(samples, {})
+    staging = stage(tmp_path, prompts, samples.drop_columns(["rep"]), labels=labels)
+    outcome = validate_run(staging, RUN, expected(prompts))
+    assert ("samples", "expect_table_columns_to_match_set") in failed_types(outcome)
+    schema = next(f for f in failed(outcome)["samples"] if f["expectation"] == "expect_table_columns_to_match_set")
+    assert "rep" in json.dumps(schema["detail"]) or "rep" in json.dumps(schema["kwargs"])
+    (keys,) = failed(outcome)["keys"]
+    assert "rep" in keys["detail"]
+
+
+def test_empty_run_fails(tmp_path: Path, prompts) -> None:
+    # zero rows where zero were expected (e.g. an empty recorded file) is still not a run
+    empty = pa.Table.from_pylist([], schema=SAMPLE_SCHEMA)
+    staging = stage(tmp_path, prompts, empty, labels=label_table(empty, {}))
+    outcome = validate_run(staging, RUN, {**expected(prompts, rows=0), "live_prompt_cells": 0})
+    assert failed_types(outcome) == {("keys", "expect_table_row_count_to_be_between")}
+    assert "empty run" in failed(outcome)["keys"][0]["notes"]
+
+
+def test_error_gate_is_per_model_and_deployment(tmp_path: Path, prompts) -> None:
+    # a large clean recorded import must not hide a live model that only errors
+    live = make_samples(prompts, reps=2)
+    for r in live:
+        r.update(response_text=None, error="engine died", finish_reason=None)
+    recorded = []
+    for k in range(200):
+        row = {**make_samples(prompts, reps=1)[0], "model": "rec", "deployment": "archive", "backend": "recorded",
+               "prompt_id": f"rec-{k}", "rep": 0, "seed": None}
+        recorded.append(row)
+    rows = live + recorded
+    assert sum(r["error"] is not None for r in rows) / len(rows) < 0.05  # the run as a whole looks fine
+    staging = stage(tmp_path, prompts, rows)
+    exp = {**expected(prompts, reps=2, rows=len(rows), max_error_rate=0.05)}
+    outcome = validate_run(staging, RUN, exp)
+    (failure,) = failed(outcome)["error_rates"]
+    assert failure["rows"] == [{"model": "m", "deployment": "d", "error_rate": 1.0}]
+
+
+def test_moderation_errors_are_measured_not_gated(tmp_path: Path, prompts) -> None:
+    rows = make_samples(prompts)
+    for r in rows[:6]:  # half the run blocked by the provider's moderation
+        r.update(response_text=None, finish_reason=None,
+                 error="Upstream error from Alibaba: Output data may contain inappropriate content.")
+    samples = pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA)
+    labels = label_table(samples, {})
+    assert sum(labels.column("moderation").to_pylist()) == 6
+    staging = stage(tmp_path, prompts, samples, labels=labels)
+    outcome = validate_run(staging, RUN, expected(prompts, max_error_rate=0.05))
+    assert outcome.success, outcome.summary_markdown()
+
+
+def test_batched_validation_merges_failures(tmp_path: Path, prompts, monkeypatch) -> None:
+    samples = pa.Table.from_pylist(make_samples(prompts), schema=SAMPLE_SCHEMA)
+    labels = label_table(samples, {})
+    bad = labels.column("label").to_pylist()
+    bad[0], bad[-1] = "maybe", "perhaps"  # in the first and in the last batch
+    labels = labels.set_column(labels.column_names.index("label"), "label", pa.array(bad, pa.string()))
+    staging = stage(tmp_path, prompts, samples, labels=labels)
+    whole = validate_run(staging, RUN, expected(prompts))
+    monkeypatch.setenv("REFUSALS_VALIDATION_BATCH_ROWS", "5")  # 12 rows: batches of 5, 5, 2
+    batched = validate_run(staging, RUN, expected(prompts))
+    assert failed_types(batched) == failed_types(whole) == {("labels", "expect_column_values_to_be_in_set")}
+    (f,) = failed(batched)["labels"]
+    assert f["unexpected_count"] == 2 and f["batches"] == 2
+    assert {r["rep"] for r in f["rows"]} == {0, REPS - 1}
+
+
+def test_row_batches_are_bounded_and_split_on_schema(tmp_path: Path) -> None:
+    from pipeline.validate import row_batches
+
+    a = pa.table({"x": list(range(7))})
+    b = pa.table({"x": list(range(3)), "y": ["s"] * 3})
+    for name, t in (("1", a), ("2", a), ("3", b)):
+        write_parquet_atomic(t, tmp_path / f"{name}.parquet")
+    files = sorted(tmp_path.glob("*.parquet"))
+    sizes = [(t.num_rows, t.column_names) for t in row_batches(files, 4)]
+    assert all(n <= 4 for n, _ in sizes)
+    assert sum(n for n, _ in sizes) == 17
+    assert sizes[-1] == (3, ["x", "y"])  # the drifted file is a batch of its own
