@@ -134,9 +134,10 @@ def sample(ctx: RunContext) -> list[dict[str, Any]]:
 
 
 def label(ctx: RunContext) -> int:
+    """The labels stage: the rule tier, and the study's LLM judge (if any) where the rules are unsure."""
     from pipeline.label import label_run
 
-    return label_run(ctx.staging)
+    return label_run(ctx.staging, ctx.loaded.study.judge, base_dir=ctx.loaded.base_dir)
 
 
 def expected_counts(ctx: RunContext) -> dict[str, Any]:

@@ -5,8 +5,14 @@ CREATE TABLE IF NOT EXISTS labels (
     label VARCHAR, response_language VARCHAR, language_match BOOLEAN,
     canned_refusal BOOLEAN, canned_refusal_id VARCHAR, retracted BOOLEAN,
     empty_reasoning BOOLEAN, refusal_in_reasoning BOOLEAN, truncated BOOLEAN,
-    moderation BOOLEAN, classifier VARCHAR, classifier_version VARCHAR, rule VARCHAR
+    moderation BOOLEAN, classifier VARCHAR, classifier_version VARCHAR, rule VARCHAR,
+    unsure BOOLEAN, rule_label VARCHAR, judge_label VARCHAR, judge_version VARCHAR
 );
+-- A warehouse created before the judge tier gains its columns (null for older runs).
+ALTER TABLE labels ADD COLUMN IF NOT EXISTS unsure BOOLEAN;
+ALTER TABLE labels ADD COLUMN IF NOT EXISTS rule_label VARCHAR;
+ALTER TABLE labels ADD COLUMN IF NOT EXISTS judge_label VARCHAR;
+ALTER TABLE labels ADD COLUMN IF NOT EXISTS judge_version VARCHAR;
 DELETE FROM labels WHERE run_id = $run_id;
 INSERT INTO labels BY NAME
 SELECT * FROM read_parquet($files, union_by_name = true, hive_partitioning = false);
