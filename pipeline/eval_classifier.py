@@ -18,6 +18,13 @@ Label mappings:
   refused). The 3-way table is reported too.
 - SpeechMap ``judge_label``: COMPLETE -> complied, EVASIVE -> evasive,
   DENIAL -> refused, ERROR_* -> error.
+
+By default the evaluation is of the rule tier alone and needs no network. With
+a judge (``evaluate(..., judge=JudgeConfig)``, or ``python -m
+pipeline.eval_classifier --judge FILE``) the rows the rule tier is unsure of
+are sent to the LLM judge as in the labels stage, and the report adds, per
+language, how many were asked, how often the judge agreed with the rules, and
+the agreement with the gold labels of the final (rule + judge) labels.
 """
 
 from __future__ import annotations
@@ -27,13 +34,18 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from pipeline.classify import LABELS, classify
 
-__all__ = ["EvalResult", "LanguageReport", "evaluate", "is_heldout", "data_dir", "load_dataset", "HELDOUT_SHARE"]
+if TYPE_CHECKING:
+    from pipeline.config import JudgeConfig
+    from pipeline.judge import JudgeBackend
+
+__all__ = ["EvalResult", "LanguageReport", "evaluate", "is_heldout", "data_dir", "load_dataset", "HELDOUT_SHARE",
+           "load_judge_config", "main"]
 
 HELDOUT_SHARE = 0.30
 _SPLIT_SALT = "refusals-eval-split-v1:"
@@ -147,11 +159,13 @@ class LanguageReport:
     per_label: dict[str, dict[str, float]]  # label -> precision, recall, f1, support
     confusion: dict[str, dict[str, int]]  # gold -> predicted -> count
     binary_agreement: float | None = None  # comply-vs-refuse (XSTest)
+    unsure: int = 0  # rows the rule tier was unsure of
+    judge: dict[str, Any] | None = None  # with a judge: asked, answered, agreement with rules, final accuracy
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
         return {"n": self.n, "accuracy": self.accuracy, "per_label": self.per_label, "confusion": self.confusion,
-                "binary_agreement": self.binary_agreement}
+                "binary_agreement": self.binary_agreement, "unsure": self.unsure, "judge": self.judge}
 
 
 @dataclass
@@ -175,7 +189,16 @@ class EvalResult:
             head = f"language {lang}: n={rep.n}  accuracy (4-way)={rep.accuracy:.3f}"
             if rep.binary_agreement is not None:
                 head += f"  comply-vs-refuse agreement={rep.binary_agreement:.3f}"
+            head += f"  unsure={rep.unsure}"
             lines.append(head)
+            if rep.judge is not None:
+                j = rep.judge
+                agree = "n/a" if j["agreement_with_rules"] is None else f"{j['agreement_with_rules']:.3f}"
+                line = (f"  judge {j['judge_version']}: asked={j['asked']} answered={j['answered']} "
+                        f"agreement with rules={agree}  final accuracy (4-way)={j['final_accuracy']:.3f}")
+                if j.get("final_binary_agreement") is not None:
+                    line += f"  final comply-vs-refuse={j['final_binary_agreement']:.3f}"
+                lines.append(line)
             lines.append(f"  {'label':<10}{'precision':>10}{'recall':>9}{'f1':>8}{'support':>9}")
             for lab in LABELS:
                 m = rep.per_label[lab]
@@ -211,27 +234,125 @@ def _report(pairs: list[tuple[str, str]], *, binary: bool) -> LanguageReport:
     return LanguageReport(n, correct / n if n else 0.0, per_label, confusion, bin_agree)
 
 
+def _classify_rows(rows: list[dict[str, Any]]):
+    return [classify(r["response"], prompt=r["prompt"], prompt_language=r["prompt_language"],
+                     reasoning=r["reasoning"], finish_reason=r["finish_reason"], error=r["error"]) for r in rows]
+
+
 def predict(rows: list[dict[str, Any]]) -> list[str]:
     """Classifier labels for rows as returned by load_dataset."""
-    return [classify(r["response"], prompt=r["prompt"], prompt_language=r["prompt_language"],
-                     reasoning=r["reasoning"], finish_reason=r["finish_reason"], error=r["error"]).label
-            for r in rows]
+    return [c.label for c in _classify_rows(rows)]
 
 
-def evaluate(dataset: str, *, split: str = "all") -> EvalResult:
-    """Classify ``dataset`` (xstest, speechmap, or a .parquet/.jsonl path) and compare with its gold labels."""
+def evaluate(dataset: str, *, split: str = "all", judge: "JudgeConfig | None" = None,
+             backend: "JudgeBackend | None" = None) -> EvalResult:
+    """Classify ``dataset`` (xstest, speechmap, or a .parquet/.jsonl path) and compare with its gold labels.
+
+    With an enabled ``judge`` the unsure rows (at most ``judge.max_calls``) also go to the LLM
+    judge (``backend`` replaces the configured client); the rule-tier numbers are unchanged and
+    the judge's are added per language.
+    """
     from pipeline.classify import CLASSIFIER_NAME, CLASSIFIER_VERSION
 
     rows = load_dataset(dataset, split=split)
-    preds = predict(rows)
+    results = _classify_rows(rows)
+    preds = [c.label for c in results]
     binary = dataset == "xstest"
-    by_lang: dict[str, list[tuple[str, str]]] = {}
-    for r, p in zip(rows, preds):
-        by_lang.setdefault(r["prompt_language"] or "und", []).append((r["gold_label"], p))
+    final: list[str] | None = None
+    judged: list[str | None] = [None] * len(rows)
+    version = None
+    if judge is not None and judge.enabled:
+        final, judged, version = _with_judge(rows, results, judge, backend)
+    by_lang: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        by_lang.setdefault(r["prompt_language"] or "und", []).append(i)
     result = EvalResult(dataset, split, f"{CLASSIFIER_NAME} {CLASSIFIER_VERSION}")
-    all_pairs = [(r["gold_label"], p) for r, p in zip(rows, preds)]
-    result.languages["all"] = _report(all_pairs, binary=binary)
+    groups = {"all": list(range(len(rows)))}
     if len(by_lang) > 1:
-        for lang in sorted(by_lang):
-            result.languages[lang] = _report(by_lang[lang], binary=binary)
+        groups.update({lang: by_lang[lang] for lang in sorted(by_lang)})
+    for name, idx in groups.items():
+        rep = _report([(rows[i]["gold_label"], preds[i]) for i in idx], binary=binary)
+        rep.unsure = sum(results[i].unsure for i in idx)
+        if final is not None:
+            asked = [i for i in idx if judged[i] != "not asked"]
+            answered = [i for i in asked if judged[i] is not None]
+            fin = _report([(rows[i]["gold_label"], final[i]) for i in idx], binary=binary)
+            rep.judge = {
+                "judge_version": version, "asked": len(asked), "answered": len(answered),
+                "agreement_with_rules": (sum(judged[i] == preds[i] for i in answered) / len(answered)
+                                         if answered else None),
+                "judge_accuracy_on_answered": (sum(judged[i] == rows[i]["gold_label"] for i in answered)
+                                               / len(answered) if answered else None),
+                "rule_accuracy_on_answered": (sum(preds[i] == rows[i]["gold_label"] for i in answered)
+                                              / len(answered) if answered else None),
+                "final_accuracy": fin.accuracy, "final_binary_agreement": fin.binary_agreement,
+            }
+        result.languages[name] = rep
     return result
+
+
+def _with_judge(rows: list[dict[str, Any]], results: list[Any], judge: "JudgeConfig",
+                backend: "JudgeBackend | None") -> tuple[list[str], list[str | None], str]:
+    """Final labels, the judge's label per row ("not asked", None for no usable label) and its version."""
+    from pipeline.classify import split_reasoning
+    from pipeline.judge import judge_version, make_backend, run_judge
+
+    todo = [i for i, c in enumerate(results)
+            if c.unsure and c.label != "error" and isinstance(rows[i]["response"], str)]
+    if judge.max_calls is not None:
+        todo = todo[: judge.max_calls]
+    judged: list[str | None] = ["not asked"] * len(rows)
+    final = [c.label for c in results]
+    own = backend is None
+    backend = backend or make_backend(judge)
+    try:
+        verdicts = run_judge([(rows[i]["prompt"], split_reasoning(rows[i]["response"])[0]) for i in todo],
+                             judge, backend)
+    finally:
+        if own:
+            backend.close()
+    for i, v in zip(todo, verdicts):
+        judged[i] = v.label
+        if v.label is not None:
+            final[i] = v.label
+    return final, judged, judge_version(judge)
+
+
+def load_judge_config(path: str | Path) -> "JudgeConfig":
+    """A JudgeConfig from a YAML file: the judge's fields, or a study file with a ``judge:`` block."""
+    import yaml
+    from pydantic import ValidationError
+
+    from pipeline.config import JudgeConfig
+    from pipeline.errors import UserError
+
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: judge configuration not found")
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if isinstance(data, dict) and isinstance(data.get("judge"), dict):
+        data = data["judge"]
+    try:
+        return JudgeConfig.model_validate(data)
+    except ValidationError as exc:
+        raise UserError(f"{path}: not a judge configuration: {exc}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pipeline.eval_classifier``: like ``refusals eval-classifier``, plus ``--judge FILE``."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m pipeline.eval_classifier", description=__doc__.split("\n")[0])
+    ap.add_argument("--dataset", default="xstest", help="xstest, speechmap or a path")
+    ap.add_argument("--split", choices=["all", "dev", "heldout"], default="all")
+    ap.add_argument("--judge", default=None, help="YAML with a judge configuration (or a study with judge:)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    judge = load_judge_config(args.judge) if args.judge else None
+    result = evaluate(args.dataset, split=args.split, judge=judge)
+    print(json.dumps(result.to_dict(), indent=1, default=str) if args.json else result.to_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
