@@ -42,7 +42,8 @@ COMPARISONS = ("compare_weeks", "compare_languages", "compare_deployments")
 FDR = 0.05  # Benjamini–Hochberg level used by the comparison tables (q_value < FDR)
 
 MAX_CELLS = 5000  # heat-map cells shown; beyond this the report says how many were left out
-MAX_COMPARE_ROWS = 40  # rows of each comparison table (significant first)
+MAX_COMPARE_ROWS = 25  # rows of each comparison table (significant first)
+MAX_LARGEST = 5  # when nothing is significant: the largest differences, for reference
 MAX_TABLE_ROWS = 20  # rows of the mismatch, flip and error tables
 TOP_CELLS = 12  # the highest refusal rates, drawn with error bars in the headline
 MAX_NOTABLE = 8  # cells whose example responses are shown
@@ -73,10 +74,17 @@ def _comparison(con: Any, table: str, week: str, order_keys: str) -> dict[str, A
             LIMIT {MAX_COMPARE_ROWS}""",
         [week],
     )
-    for r in rows:
+    largest = _rows(
+        con,
+        f"""SELECT * FROM "{table}" WHERE week = ? AND NOT coalesce(significant, false) AND diff <> 0
+            ORDER BY abs(diff) DESC, q_value NULLS LAST, {order_keys}
+            LIMIT {MAX_LARGEST}""",
+        [week],
+    )
+    for r in rows + largest:
         # prompts behind the test: shared by both sides (weeks, deployments) or each side's own
         r["n_compared"] = r.get("n_shared_prompts", r.get("n_prompts"))
-    return {"available": True, "total": total, "significant": significant, "rows": rows}
+    return {"available": True, "total": total, "significant": significant, "rows": rows, "largest": largest}
 
 
 def gather(data: DataDir, week: str | None) -> dict[str, Any]:
@@ -211,6 +219,7 @@ def gather(data: DataDir, week: str | None) -> dict[str, Any]:
         "classifiers": sorted({r["classifier"] for r in runs}),
         "models": sorted({(c["deployment"], c["model"]) for c in cells}),
         "deployments": sorted({o["deployment"] for o in overall}),
+        "one_deployment": len({o["deployment"] for o in overall}) == 1,
         "fdr": FDR,
         "limits": {"cells": MAX_CELLS, "compare": MAX_COMPARE_ROWS, "table": MAX_TABLE_ROWS,
                    "example_chars": EXAMPLE_CHARS, "prompt_chars": PROMPT_CHARS},
@@ -415,8 +424,8 @@ def _x(v: float | None, width: float, lo: float = 0.0, hi: float = 1.0) -> float
 
 def _span(comparison: dict[str, Any]) -> float:
     """Half-width of the difference axis of a comparison table: its widest interval, in steps of 25 pp."""
-    bounds = [abs(v) for r in comparison.get("rows", []) for v in (r["diff_ci_low"], r["diff_ci_high"], r["diff"])
-              if v is not None]
+    shown = comparison.get("rows", []) + comparison.get("largest", [])
+    bounds = [abs(v) for r in shown for v in (r["diff_ci_low"], r["diff_ci_high"], r["diff"]) if v is not None]
     return min(1.0, max(0.25, math.ceil(max(bounds, default=0.0) * 4) / 4))
 
 
