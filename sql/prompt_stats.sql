@@ -11,13 +11,16 @@ CREATE TABLE IF NOT EXISTS prompt_stats (
 );
 DELETE FROM prompt_stats WHERE run_id = $run_id;
 INSERT INTO prompt_stats BY NAME
+-- Labels carry the sample key, topic and language, and prompts the rest of a prompt's
+-- attributes: no join of samples with labels (two tables of the run's size), only a join
+-- of the run's labels with its prompts (one row per prompt).
 WITH joined AS (
-    SELECT s.run_id, s.model, s.deployment, s.prompt_id, s.rep, s.topic, s.topic_group,
-           s.question_id, s.language, s.template_id, s.system_prompt_id,
+    SELECT l.run_id, l.model, l.deployment, l.prompt_id, l.rep, l.topic, l.topic_group,
+           p.question_id, l.language, p.template_id, p.system_prompt_id,
            l.label, l.language_match
-    FROM samples AS s
-    JOIN labels AS l USING (run_id, model, deployment, prompt_id, rep)
-    WHERE s.run_id = $run_id
+    FROM labels AS l
+    LEFT JOIN prompts AS p ON p.run_id = l.run_id AND p.prompt_id = l.prompt_id
+    WHERE l.run_id = $run_id
 ),
 counted AS (
     SELECT run_id, model, deployment, prompt_id,
