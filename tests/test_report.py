@@ -108,9 +108,10 @@ def test_markdown_has_sections_and_numbers(report) -> None:
                     "## Validation and errors", "## Example responses", "## What was measured and how"):
         assert heading in md
     assert f"week {report['week']}" in md
-    cells = [line for line in md.splitlines() if line.startswith("| rec |")]
-    assert any("| m1 |" in line and "100%" in line for line in cells)
-    assert any("| m2 |" in line and "| 0% [" in line for line in cells)
+    grid = md.split("### Deployment rec", 1)[1].split("\n## ", 1)[0]
+    assert "| model | tiananmen en |" in grid
+    assert any(line.startswith("| m1 | 100% [") for line in grid.splitlines())
+    assert any(line.startswith("| m2 | 0% [") for line in grid.splitlines())
 
 
 def test_html_is_well_formed_text(report) -> None:
