@@ -42,7 +42,8 @@ COMPARISONS = ("compare_weeks", "compare_languages", "compare_deployments")
 FDR = 0.05  # Benjamini–Hochberg level used by the comparison tables (q_value < FDR)
 
 MAX_CELLS = 5000  # heat-map cells shown; beyond this the report says how many were left out
-MAX_COMPARE_ROWS = 25  # rows of each comparison table (significant first)
+MAX_COMPARE_ROWS = 40  # significant rows shown per comparison table
+MAX_NEAR_MISSES = 8  # and the not significant ones nearest to it (lowest q)
 MAX_LARGEST = 5  # when nothing is significant: the largest differences, for reference
 MAX_TABLE_ROWS = 20  # rows of the mismatch, flip and error tables
 TOP_CELLS = 12  # the highest refusal rates, drawn with error bars in the headline
@@ -63,16 +64,21 @@ def _tables(con: Any) -> set[str]:
 
 
 def _comparison(con: Any, table: str, week: str, order_keys: str) -> dict[str, Any]:
-    """Counts and the first rows (significant first, then by q-value) of one comparison table."""
+    """Counts and rows of one comparison table: the significant ones, then the nearest misses."""
     total, significant = con.execute(
         f'SELECT count(*), count(*) FILTER (WHERE significant) FROM "{table}" WHERE week = ?', [week]
     ).fetchone()
     rows = _rows(
         con,
-        f"""SELECT * FROM "{table}" WHERE week = ?
-            ORDER BY significant DESC NULLS LAST, q_value NULLS LAST, abs(diff) DESC NULLS LAST, {order_keys}
-            LIMIT {MAX_COMPARE_ROWS}""",
-        [week],
+        f"""SELECT * FROM (
+                (SELECT * FROM "{table}" WHERE week = ? AND significant
+                 ORDER BY q_value, abs(diff) DESC, {order_keys} LIMIT {MAX_COMPARE_ROWS})
+                UNION ALL BY NAME
+                (SELECT * FROM "{table}" WHERE week = ? AND NOT coalesce(significant, false)
+                 ORDER BY q_value NULLS LAST, abs(diff) DESC NULLS LAST, {order_keys} LIMIT {MAX_NEAR_MISSES})
+            )
+            ORDER BY coalesce(significant, false) DESC, q_value NULLS LAST, abs(diff) DESC NULLS LAST, {order_keys}""",
+        [week, week],
     )
     largest = _rows(
         con,
@@ -221,7 +227,7 @@ def gather(data: DataDir, week: str | None) -> dict[str, Any]:
         "deployments": sorted({o["deployment"] for o in overall}),
         "one_deployment": len({o["deployment"] for o in overall}) == 1,
         "fdr": FDR,
-        "limits": {"cells": MAX_CELLS, "compare": MAX_COMPARE_ROWS, "table": MAX_TABLE_ROWS,
+        "limits": {"cells": MAX_CELLS, "compare": MAX_COMPARE_ROWS, "near": MAX_NEAR_MISSES, "table": MAX_TABLE_ROWS,
                    "example_chars": EXAMPLE_CHARS, "prompt_chars": PROMPT_CHARS},
         "generated_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }

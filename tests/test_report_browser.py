@@ -11,9 +11,11 @@ Chromium starts headless with no sandbox (we run as root in CI), no GPU, no QUIC
 networking, component updates or sync, in a fresh profile: the machine has no internet.
 `.ci/run` installs the package; without it these tests skip and say why.
 
-The README's picture of the report is made with the same browser:
+The README's picture of the report (docs/report.png) is made with the same browser, from a real
+report: two weekly runs of a recorded-only SpeechMap study (the same responses, run dates
+2026-11-20 and 2026-11-27, through `pipeline.run`'s stages), then
 
-    .venv/bin/python -m tests.test_report_browser data/reports/2026-W48/report.html docs/report.png
+    .venv/bin/python -m tests.test_report_browser DATA/reports/2026-W48/report.html docs/report.png 2300
 """
 
 from __future__ import annotations
@@ -283,7 +285,9 @@ def test_the_harness_would_see_a_payload_run(browser, tmp_path) -> None:
 
 
 def main(argv: list[str]) -> int:
-    """`python -m tests.test_report_browser REPORT.html OUT.png [HEIGHT]`: a screenshot of a report."""
+    """`python -m tests.test_report_browser REPORT.html OUT.png [HEIGHT]`: a screenshot of a report,
+    1200 CSS pixels wide, the first HEIGHT pixels (default: the whole page), in 256 colours so that
+    a README can carry it (a report is flat colours and text: nothing visible is lost)."""
     if len(argv) not in (2, 3) or CHROMIUM is None:
         print(__doc__ if CHROMIUM else "chromium is not installed", file=sys.stderr)
         return 2
@@ -296,6 +300,11 @@ def main(argv: list[str]) -> int:
         browser.screenshot(Path(argv[1]), width=1200, height=int(argv[2]) if len(argv) == 3 else None)
     finally:
         browser.close()
+    from PIL import Image
+
+    with Image.open(argv[1]) as shot:
+        small = shot.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    small.save(argv[1], optimize=True)
     print(argv[1])
     return 0
 
