@@ -3,6 +3,9 @@
 Work is cut into chunks; each finished chunk is written atomically as its own Parquet file
 under the run's staging folder. A resumed run reads which sample keys are already there and
 asks only for the rest, so a run killed at any point ends with every key exactly once.
+
+The stage can also run as independent units (a recorded source, or one shard of a model's
+prompts): an Airflow DAG maps one task over them (`sample_units`, `sample_unit`).
 """
 
 from __future__ import annotations
@@ -11,15 +14,19 @@ import hashlib
 import logging
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.backends.base import RESULT_FIELDS, Request, SamplingSettings
 from pipeline.config import LoadedStudy, ModelSpec
+from pipeline.errors import UserError
 from pipeline.lake import hive_path, parquet_files, write_parquet_atomic
 
 log = logging.getLogger(__name__)
@@ -181,7 +188,10 @@ def plan_model(loaded: LoadedStudy, spec: ModelSpec, run_id: str, prompts: pa.Ta
     """The samples of one model not yet in its staging folder (every backend resumes this way)."""
     study = loaded.study
     folder = model_dir(samples_dir, spec.deployment, spec.name)
-    done = done_keys(folder)
+    # Only the keys of these prompts count: a shard shares its model's folder with the other
+    # shards, whose keys are neither its work nor its progress.
+    ids = set(prompts.column("prompt_id").to_pylist())
+    done = {k for k in done_keys(folder) if k[0] in ids}
     expected = prompts.num_rows * study.repetitions
     requests = plan_requests(prompts, study.repetitions, study.seed, run_id, done)
     if not requests:
@@ -222,8 +232,11 @@ def sample_vllm(
     run_id: str,
     prompts: pa.Table,
     samples_dir: Path,
+    tag: str = "",
 ) -> SampleSummary:
-    """Sample one vLLM model over Ray: `replicas` engine actors, chunks of `batch_size`."""
+    """Sample one vLLM model over Ray: `replicas` engine actors, chunks of `batch_size`.
+
+    `tag` is appended to the progress label (e.g. ` [shard 1/2]`)."""
     import ray
 
     from pipeline.backends.vllm_backend import engine_actor
@@ -245,7 +258,7 @@ def sample_vllm(
         summary.engine_start_s = time.monotonic() - t0
         bs = spec.engine.batch_size
         chunks = [requests[i : i + bs] for i in range(0, len(requests), bs)]
-        progress = Progress(f"sampling {spec.name} @ {spec.deployment}", expected, len(done))
+        progress = Progress(f"sampling {spec.name} @ {spec.deployment}{tag}", expected, len(done))
         log.info("%s @ %s: %d replica(s) ready in %.1fs; %d samples to draw (%d already present)",
                  spec.name, spec.deployment, len(actors), summary.engine_start_s, len(requests), len(done))
         t1 = time.monotonic()
@@ -280,12 +293,15 @@ def sample_vllm(
     return summary
 
 
-def import_recorded(loaded: LoadedStudy, run_id: str, prompts_dir: Path, samples_dir: Path) -> list[SampleSummary]:
-    """Import every recorded source of the study into staging (prompts and samples)."""
+def import_recorded(loaded: LoadedStudy, run_id: str, prompts_dir: Path, samples_dir: Path,
+                    deployments: set[str] | None = None) -> list[SampleSummary]:
+    """Import the recorded sources of the study (all, or those of `deployments`) into staging."""
     from pipeline.backends.recorded import load_recorded
 
     out = []
     for source in loaded.study.recorded:
+        if deployments is not None and source.deployment not in deployments:
+            continue
         path = loaded.resolve(source.path)
         prompt_table, rows = load_recorded(source, path, loaded.study.name)
         write_parquet_atomic(prompt_table, prompts_dir / f"recorded-{source.deployment}.parquet")
@@ -319,19 +335,152 @@ def sample_study(loaded: LoadedStudy, run_id: str, staging_run: Path) -> list[Sa
     summaries = import_recorded(loaded, run_id, prompts_dir, samples_dir)
     if not loaded.study.models:
         return summaries
-    import ray
-
-    started_ray = not ray.is_initialized()
-    try:
+    with _ray_session():
         catalog_prompts = pq.read_table(prompts_dir / "catalog.parquet")
         for spec in loaded.study.models:
-            if spec.backend == "vllm":
-                summaries.append(sample_vllm(loaded, spec, run_id, catalog_prompts, samples_dir))
-            else:
-                from pipeline.backends.openai_backend import sample_openai
-
-                summaries.append(sample_openai(loaded, spec, run_id, catalog_prompts, samples_dir))
-    finally:
-        if started_ray and ray.is_initialized():
-            ray.shutdown()
+            summaries.append(_sample_model(loaded, spec, run_id, catalog_prompts, samples_dir))
     return summaries
+
+
+def _sample_model(loaded: LoadedStudy, spec: ModelSpec, run_id: str, prompts: pa.Table, samples_dir: Path,
+                  tag: str = "") -> SampleSummary:
+    if spec.backend == "vllm":
+        return sample_vllm(loaded, spec, run_id, prompts, samples_dir, tag=tag)
+    from pipeline.backends.openai_backend import sample_openai
+
+    return sample_openai(loaded, spec, run_id, prompts, samples_dir)
+
+
+@contextmanager
+def _ray_session() -> Iterator[None]:
+    """Shut down a Ray that this stage started (a local one); leave a caller's Ray running.
+
+    Ray is imported only by the vLLM backend, so an HTTP-only stage never loads it."""
+    import sys
+
+    before = "ray" in sys.modules and sys.modules["ray"].is_initialized()
+    try:
+        yield
+    finally:
+        ray = sys.modules.get("ray")
+        if ray is not None and not before and ray.is_initialized():
+            ray.shutdown()
+
+
+# --------------------------------------------------------------------------- units
+#
+# The sampling stage cut into independent units, so that an orchestrator can run (and retry)
+# them in parallel: one per recorded source, and `shards` per live model. Each unit writes
+# only the (prompt_id, rep) keys of its own prompts, so units never write the same key, and
+# each resumes from what its model's staging folder already holds.
+
+
+@dataclass(frozen=True)
+class SampleUnit:
+    """One piece of a run's sampling: a recorded source (`model` None) or one shard of a model."""
+
+    deployment: str
+    model: str | None = None
+    shard: int = 0
+    shards: int = 1
+
+    def label(self) -> str:
+        if self.model is None:
+            return f"recorded {self.deployment}"
+        tag = f" shard {self.shard + 1}/{self.shards}" if self.shards > 1 else ""
+        return f"{self.model} @ {self.deployment}{tag}"
+
+
+def sample_units(loaded: LoadedStudy, shards: int = 1) -> list[SampleUnit]:
+    """Every unit of a study's sampling stage: recorded sources first, then models × shards."""
+    if shards < 1:
+        raise UserError(f"shards must be at least 1 (got {shards})")
+    units = [SampleUnit(r.deployment) for r in loaded.study.recorded]
+    for spec in loaded.study.models:
+        units += [SampleUnit(spec.deployment, spec.name, i, shards) for i in range(shards)]
+    return units
+
+
+def shard_prompts(prompts: pa.Table, shard: int, shards: int) -> pa.Table:
+    """The prompts of one shard: the sorted prompt ids, dealt round-robin.
+
+    For a given prompt set and shard count every prompt, with all its repetitions, belongs to
+    exactly one shard: shards are disjoint in their keys, balanced to within one prompt, and
+    the repetitions of a prompt stay together (prefix caching)."""
+    if shards < 1 or not 0 <= shard < shards:
+        raise UserError(f"shard {shard} of {shards}: need 0 <= shard < shards")
+    ids = sorted(set(prompts.column("prompt_id").to_pylist()))
+    mine = pa.array(ids[shard::shards], pa.string())
+    return prompts.filter(pc.is_in(prompts.column("prompt_id"), value_set=mine))
+
+
+def sample_unit(loaded: LoadedStudy, run_id: str, staging_run: Path, unit: SampleUnit) -> list[SampleSummary]:
+    """Run one unit of the sampling stage (resumable, like the whole stage)."""
+    prompts_dir = staging_run / "prompts"
+    samples_dir = staging_run / "samples"
+    if unit.model is None:
+        if unit.deployment not in {r.deployment for r in loaded.study.recorded}:
+            raise UserError(f"{loaded.path}: no recorded source with deployment {unit.deployment!r}")
+        return import_recorded(loaded, run_id, prompts_dir, samples_dir, deployments={unit.deployment})
+    spec = next((m for m in loaded.study.models if (m.name, m.deployment) == (unit.model, unit.deployment)), None)
+    if spec is None:
+        raise UserError(f"{loaded.path}: no model {unit.model!r} in deployment {unit.deployment!r}")
+    prompts = shard_prompts(pq.read_table(prompts_dir / "catalog.parquet"), unit.shard, unit.shards)
+    tag = f" [shard {unit.shard + 1}/{unit.shards}]" if unit.shards > 1 else ""
+    with _ray_session():
+        return [_sample_model(loaded, spec, run_id, prompts, samples_dir, tag=tag)]
+
+
+def unit_entrypoint(study: str, run_id: str, data_dir: str | None, unit: SampleUnit,
+                    python: str | None = None) -> str:
+    """The command a Ray job runs for one unit (`python -m pipeline.sample ...`)."""
+    import shlex
+    import sys
+
+    args = [python or sys.executable, "-m", "pipeline.sample", "--study", study, "--run-id", run_id,
+            "--deployment", unit.deployment, "--shard", str(unit.shard), "--shards", str(unit.shards)]
+    if unit.model is not None:
+        args += ["--model", unit.model]
+    if data_dir:
+        args += ["--data-dir", data_dir]
+    return " ".join(shlex.quote(a) for a in args)
+
+
+def unit_submission_id(run_id: str, unit: SampleUnit) -> str:
+    """A stable Ray job id per (run, unit): a retried task finds and follows its running job."""
+    digest = hashlib.sha256(f"{unit.deployment}|{unit.model}".encode()).hexdigest()[:10]
+    return f"refusals-{run_id}-sample-{digest}-{unit.shard}of{unit.shards}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m pipeline.sample`: one sampling unit of a prepared run (what a Ray job runs)."""
+    import argparse
+    import json
+    import sys
+
+    from pipeline import run as stages
+
+    ap = argparse.ArgumentParser(prog="python -m pipeline.sample", description=main.__doc__)
+    ap.add_argument("--study", required=True)
+    ap.add_argument("--run-id", required=True)
+    ap.add_argument("--data-dir")
+    ap.add_argument("--deployment", required=True)
+    ap.add_argument("--model", help="a live model; without it, the recorded source of the deployment")
+    ap.add_argument("--shard", type=int, default=0)
+    ap.add_argument("--shards", type=int, default=1)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("vllm", "ray", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    ctx = stages.context(args.study, args.run_id, args.data_dir)
+    try:
+        out = stages.sample(ctx, deployment=args.deployment, model=args.model, shard=args.shard, shards=args.shards)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(out, default=str, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
