@@ -1,58 +1,225 @@
-"""DAG integrity (a DagBag with no import errors) and a real `airflow dags test` run."""
+"""DAG integrity (a DagBag with no import errors), the sampling units the scheduled DAGs map
+over, and real `airflow dags test` runs of the study DAGs and the weekly report DAG."""
 
 from __future__ import annotations
 
+import json
 import os
+import sqlite3
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from tests.conftest import REPO, tiny_model_spec, write_study
 
+DAGS = REPO / "dags"
 
-def test_dagbag_imports_cleanly_and_dags_are_wired() -> None:
+
+def _dagbag(monkeypatch: pytest.MonkeyPatch, registry: Path | None = None):
+    """Parse the DAG folder as Airflow does: the folder (bundle) is on sys.path."""
     from airflow.dag_processing.dagbag import DagBag
 
-    bag = DagBag(dag_folder=str(REPO / "dags"))
+    monkeypatch.syspath_prepend(str(DAGS))
+    if registry is not None:
+        monkeypatch.setenv("REFUSALS_SCHEDULES", str(registry))
+    return DagBag(dag_folder=str(DAGS))
+
+
+def _api_models(n: int) -> list[dict]:
+    """Live models that need no weights (HTTP backend): enough to plan units without sampling."""
+    return [{"name": f"org/model-{i}", "deployment": f"api-{i}", "backend": "openai",
+             "base_url": "http://127.0.0.1:9/v1"} for i in range(n)]
+
+
+def test_dagbag_imports_cleanly_and_dags_are_wired(monkeypatch: pytest.MonkeyPatch) -> None:
+    bag = _dagbag(monkeypatch)
     assert bag.import_errors == {}
-    dag = bag.dags.get("refusal_study")
-    assert dag is not None
-    assert "refusals" in dag.tags
+    assert {"refusal_study", "refusal_study__demo", "weekly_report"} <= set(bag.dags)
+    for dag in bag.dags.values():  # every DAG: tags, and retries on every task but the audit
+        assert "refusals" in dag.tags, dag.dag_id
+        for t in dag.tasks:
+            assert t.retries == 0 if t.task_id == "validate" else t.retries >= 1, (dag.dag_id, t.task_id)
+
+    dag = bag.dags["refusal_study"]
     assert [t.task_id for t in dag.topological_sort()] == [
         "prepare", "sample", "label", "validate", "publish", "build_warehouse", "report"
     ]
-    assert all(t.retries >= 1 for t in dag.tasks if t.task_id != "validate")
-    assert dag.get_task("sample").retries >= 1
     assert dag.get_task("validate").retries == 0  # a failed audit is not retried into success
+
+    weekly = bag.dags["refusal_study__demo"]
+    assert [t.task_id for t in weekly.topological_sort()] == [
+        "prepare", "sample_units", "sample_unit", "label", "validate", "publish", "mirror"
+    ]
+    assert weekly.timetable.expression == "0 3 * * 1" and weekly.catchup is False and weekly.max_active_runs == 1
+    assert set(weekly.params) >= {"study", "run_id", "data_dir", "force", "ray_jobs_address", "shards", "lake_mirror"}
+    assert weekly.params["study"] == str((REPO / "studies" / "demo.yaml").resolve())
+    mapped = weekly.get_task("sample_unit")
+    from airflow.sdk.definitions.mappedoperator import MappedOperator
+
+    assert isinstance(mapped, MappedOperator)  # dynamic task mapping over the units
+    assert set(mapped.op_kwargs_expand_input.value) == {"unit"} and set(mapped.partial_kwargs["op_kwargs"]) == {"run"}
+    assert {a.name for a in weekly.get_task("publish").outlets} == {"refusals_published__demo"}
+    assert weekly.get_task("label").upstream_task_ids == {"prepare", "sample_unit"}
+
+    report = bag.dags["weekly_report"]
+    assert [a.name for a in report.timetable.asset_condition.objects] == ["refusals_published__demo"]
+    assert report.max_active_runs == 1
+
+
+def test_registry_decides_the_scheduled_dags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    registry = tmp_path / "schedules.yaml"
+    registry.write_text(yaml.safe_dump({"studies": {
+        "alpha": {"study": "alpha.yaml", "schedule": "@weekly", "shards": 4, "catchup": True},
+        "beta": {"study": "/abs/beta.yaml", "schedule": "0 6 * * 3"},
+    }}))
+    bag = _dagbag(monkeypatch, registry)
+    assert bag.import_errors == {}
+    assert {"refusal_study__alpha", "refusal_study__beta"} <= set(bag.dags)
+    assert "refusal_study__demo" not in bag.dags
+    alpha = bag.dags["refusal_study__alpha"]
+    assert alpha.params["shards"] == 4 and alpha.catchup is True
+    assert alpha.params["study"] == str(tmp_path / "alpha.yaml")  # relative to the registry
+    assert {a.name for a in bag.dags["weekly_report"].timetable.asset_condition.objects} == {
+        "refusals_published__alpha", "refusals_published__beta"}
+
+    registry.write_text(yaml.safe_dump({"studies": {"alpha": {"study": "a.yaml", "schedule": "@weekly",
+                                                              "shard": 2}}}))
+    bag = _dagbag(monkeypatch, registry)
+    errors = "\n".join(bag.import_errors.values())
+    assert "field 'studies.alpha': unknown field 'shard'" in errors and str(registry) in errors
+    assert "refusal_study" in bag.dags  # a bad registry does not take the manual DAG down with it
 
 
 def test_dag_files_do_no_work_at_parse_time() -> None:
-    """Parsing a DAG file must not import the heavy stack (ray, vllm, duckdb, GX, torch)."""
+    """Parsing a DAG file must not import the heavy stack (ray, vllm, duckdb, GX, torch) nor the
+    pipeline package (whose stage modules pull in pyarrow and more)."""
     code = (
-        "import sys, runpy; runpy.run_path(sys.argv[1]);"
-        "heavy = [m for m in ('ray', 'vllm', 'duckdb', 'great_expectations', 'torch', 'pipeline.sample') if m in sys.modules];"
+        "import sys, runpy; sys.path.insert(0, sys.argv[2]); runpy.run_path(sys.argv[1]);"
+        "heavy = [m for m in ('ray', 'vllm', 'duckdb', 'great_expectations', 'torch', 'pipeline', 'pyarrow')"
+        " if m in sys.modules];"
         "print(','.join(heavy))"
     )
-    for dag_file in (REPO / "dags").glob("*.py"):
-        out = subprocess.run([sys.executable, "-c", code, str(dag_file)], capture_output=True, text=True, timeout=300)
+    files = sorted(DAGS.glob("*.py"))
+    assert {f.name for f in files} >= {"refusal_study.py", "scheduled_studies.py", "weekly_report.py"}
+    for dag_file in files:
+        out = subprocess.run([sys.executable, "-c", code, str(dag_file), str(DAGS)], capture_output=True,
+                             text=True, timeout=300)
         assert out.returncode == 0, out.stderr[-2000:]
         assert out.stdout.strip().splitlines()[-1:] in ([], [""]), f"{dag_file.name} imports {out.stdout}"
 
 
-@pytest.mark.slow
-def test_airflow_dags_test_runs_the_study(tmp_path: Path, tiny_model: Path, shared_data: Path) -> None:
-    home = tmp_path / "airflow"
-    home.mkdir()
-    env = {
+# --------------------------------------------------------------------------- units and run ids
+
+
+def test_units_cover_models_shards_and_recorded_sources(tmp_path: Path, shared_data: Path) -> None:
+    from pipeline.run import context, sample_units
+
+    study = write_study(tmp_path / "study.yaml", models=_api_models(2), recorded=[
+        {"path": str(shared_data / "speechmap_responses.parquet"), "deployment": "rec", "format": "speechmap"}])
+    units = sample_units(context(study, "u-1", tmp_path / "data"), shards=3)
+    assert units[0] == {"deployment": "rec", "model": None, "shard": 0, "shards": 1}
+    assert [(u["model"], u["deployment"], u["shard"], u["shards"]) for u in units[1:]] == [
+        (f"org/model-{m}", f"api-{m}", s, 3) for m in range(2) for s in range(3)]
+    assert len(sample_units(context(study, "u-1", tmp_path / "data"), shards=1)) == 3
+
+
+def test_shards_partition_the_keys(tmp_path: Path) -> None:
+    """Every (prompt_id, rep) key belongs to exactly one shard, for any shard count."""
+    from pipeline.config import load_study
+    from pipeline.prompts import write_prompts
+    from pipeline.sample import plan_requests, shard_prompts
+
+    loaded = load_study(write_study(tmp_path / "study.yaml", models=_api_models(1), questions_per_topic=2,
+                                   topics=["tiananmen_1989", "arithmetic", "weapons"]))
+    prompts = pq.read_table(write_prompts(loaded, tmp_path / "prompts"))
+    n = prompts.num_rows
+    everything = {(r.prompt_id, r.rep) for r in plan_requests(prompts, 3, 1, "r", set())}
+    for shards in (1, 2, 3, 5, n + 2):
+        parts = [shard_prompts(prompts, s, shards) for s in range(shards)]
+        sizes = [p.num_rows for p in parts]
+        assert sum(sizes) == n and max(sizes) - min(sizes) <= 1  # balanced
+        keys = [{(r.prompt_id, r.rep) for r in plan_requests(p, 3, 1, "r", set())} for p in parts]
+        assert set().union(*keys) == everything
+        assert sum(len(k) for k in keys) == len(everything)  # disjoint
+
+
+def test_a_shard_plans_only_its_own_missing_keys(tmp_path: Path) -> None:
+    """Shards share a model's staging folder: one shard's chunks are neither the other's work
+    nor its progress, and a resumed shard asks only for its own missing keys."""
+    from pipeline.config import load_study
+    from pipeline.prompts import write_prompts
+    from pipeline.sample import model_dir, plan_model, shard_prompts
+
+    loaded = load_study(write_study(tmp_path / "study.yaml", models=_api_models(1), repetitions=2))
+    spec = loaded.study.models[0]
+    prompts = pq.read_table(write_prompts(loaded, tmp_path / "prompts"))
+    a, b = shard_prompts(prompts, 0, 2), shard_prompts(prompts, 1, 2)
+    samples = tmp_path / "samples"
+    folder = model_dir(samples, spec.deployment, spec.name)
+    done_a = [(p, r) for p in a.column("prompt_id").to_pylist() for r in range(2)]
+    folder.mkdir(parents=True)
+    pq.write_table(pa.table({"prompt_id": [p for p, _ in done_a], "rep": pa.array([r for _, r in done_a], pa.int32())}),
+                   folder / "chunk-a.parquet")
+    pq.write_table(pa.table({"prompt_id": [b.column("prompt_id")[0].as_py()], "rep": pa.array([1], pa.int32())}),
+                   folder / "chunk-b.parquet")  # shard b was killed after one sample
+    plan_a = plan_model(loaded, spec, "r", a, samples)
+    assert plan_a.requests == [] and plan_a.summary.already_done == len(done_a) == plan_a.expected
+    plan_b = plan_model(loaded, spec, "r", b, samples)
+    assert plan_b.expected == b.num_rows * 2 and plan_b.summary.already_done == 1
+    assert {(r.prompt_id, r.rep) for r in plan_b.requests}.isdisjoint(done_a)
+    assert len(plan_b.requests) == plan_b.expected - 1
+
+
+def test_weekly_run_id_and_date_follow_the_logical_date(tmp_path: Path) -> None:
+    from pipeline.run import start_run, weekly_run_id
+
+    assert weekly_run_id("demo", datetime(2026, 3, 4).date()) == "demo-2026-W10"
+    assert weekly_run_id("demo", datetime(2027, 1, 1).date()) == "demo-2026-W53"  # ISO year
+    study = write_study(tmp_path / "study.yaml", name="wk", models=_api_models(1))
+    run = start_run(study, data_dir=tmp_path / "data", when=datetime(2026, 3, 4, 3, tzinfo=timezone.utc), weekly=True)
+    assert run["run_id"] == "wk-2026-W10" and run["run_date"] == "2026-03-04" and run["week"] == "2026-W10"
+    record = json.loads((tmp_path / "data" / "staging" / "wk-2026-W10" / "run.json").read_text())
+    assert record["week"] == "2026-W10"
+    # an explicit run id wins over the derived one; the run date still follows the logical date
+    named = start_run(study, "wk-manual", tmp_path / "data", when=datetime(2026, 2, 25, tzinfo=timezone.utc),
+                      weekly=True)
+    assert named["run_id"] == "wk-manual" and named["week"] == "2026-W09"
+
+
+# --------------------------------------------------------------------------- airflow dags test
+
+
+def _airflow_env(home: Path, **extra: str) -> dict[str, str]:
+    home.mkdir(parents=True, exist_ok=True)
+    return {
         **os.environ,
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+        **extra,
     }
+
+
+def _airflow(env: dict[str, str], *args: str, timeout: int = 900) -> str:
+    """Run `python -m airflow ARGS` (the project's interpreter: Ray workers need its vLLM)."""
+    out = subprocess.run([sys.executable, "-m", "airflow", *args], env=env, capture_output=True, text=True,
+                         timeout=timeout, cwd=REPO)
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log[-4000:]
+    return log
+
+
+@pytest.mark.slow
+def test_airflow_dags_test_runs_the_study(tmp_path: Path, tiny_model: Path, shared_data: Path) -> None:
+    env = _airflow_env(tmp_path / "airflow")
     study = write_study(
         tmp_path / "study.yaml",
         name="dagtest",
@@ -61,15 +228,10 @@ def test_airflow_dags_test_runs_the_study(tmp_path: Path, tiny_model: Path, shar
                    "format": "speechmap", "models": ["deepseek/deepseek-r1"], "languages": ["zh"]}],
         validation={"max_error_rate": 0.5},
     )
-    migrate = subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=env, capture_output=True,
-                             text=True, timeout=300)
-    assert migrate.returncode == 0, migrate.stderr[-2000:]
+    _airflow(env, "db", "migrate", timeout=300)
     data = tmp_path / "data"
-    conf = f'{{"study": "{study}", "data_dir": "{data}", "run_id": "dag-1"}}'
-    run = subprocess.run([sys.executable, "-m", "airflow", "dags", "test", "refusal_study", "--conf", conf],
-                         env=env, capture_output=True, text=True, timeout=900, cwd=REPO)
-    log = run.stdout + run.stderr
-    assert run.returncode == 0, log[-4000:]
+    conf = json.dumps({"study": str(study), "data_dir": str(data), "run_id": "dag-1"})
+    log = _airflow(env, "dags", "test", "refusal_study", "--conf", conf)
     assert "sampling tiny-random @ local-test: 12/12 samples" in log  # progress reaches Airflow's log
     assert (data / "warehouse.duckdb").exists()
     assert list((data / "reports").glob("*/report.html"))
@@ -78,4 +240,85 @@ def test_airflow_dags_test_runs_the_study(tmp_path: Path, tiny_model: Path, shar
     con = duckdb.connect(str(data / "warehouse.duckdb"), read_only=True)
     assert con.execute("SELECT count(*) FROM samples WHERE run_id = 'dag-1'").fetchone()[0] == 12 + 50
     assert con.execute("SELECT count(*) FROM refusal_rates").fetchone()[0] > 0
+    con.close()
+
+
+@pytest.fixture(scope="module")
+def scheduled_week(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, shared_data: Path):
+    """`airflow dags test refusal_study__dagweek 2026-03-04`: one tiny model in 2 shards plus a
+    recorded source (3 mapped units), then the same week again. Shared by the tests below."""
+    tmp = tmp_path_factory.mktemp("scheduled")
+    study = write_study(
+        tmp / "study.yaml",
+        name="dagweek",
+        models=[tiny_model_spec(tiny_model)],
+        recorded=[{"path": str(shared_data / "speechmap_responses.parquet"), "deployment": "speechmap-recorded",
+                   "format": "speechmap", "models": ["deepseek/deepseek-r1"], "languages": ["zh"]}],
+        validation={"max_error_rate": 0.5},
+    )
+    registry = tmp / "schedules.yaml"
+    registry.write_text(yaml.safe_dump({"studies": {"dagweek": {"study": str(study), "schedule": "0 3 * * 1",
+                                                                "shards": 2}}}))
+    home = tmp / "airflow"
+    env = _airflow_env(home, REFUSALS_SCHEDULES=str(registry))
+    _airflow(env, "db", "migrate", timeout=300)
+    data = tmp / "data"
+    conf = json.dumps({"data_dir": str(data), "lake_mirror": f"file://{tmp}/bucket/lake"})
+    first = _airflow(env, "dags", "test", "refusal_study__dagweek", "2026-03-04", "--conf", conf)
+    again = _airflow(env, "dags", "test", "refusal_study__dagweek", "2026-03-04T12:00:00+00:00", "--conf", conf)
+    return {"env": env, "home": home, "data": data, "log": first, "again": again, "bucket": tmp / "bucket" / "lake"}
+
+
+@pytest.mark.slow
+def test_scheduled_study_dag_samples_the_logical_week_in_shards(scheduled_week) -> None:
+    data, log = scheduled_week["data"], scheduled_week["log"]
+    run_id = "dagweek-2026-W10"  # 2026-03-04 is in ISO week 10
+    assert "sampling tiny-random @ local-test [shard 1/2]: 6/6 samples" in log
+    assert "sampling tiny-random @ local-test [shard 2/2]: 6/6 samples" in log
+
+    db = sqlite3.connect(scheduled_week["home"] / "airflow.db")
+    mapped = db.execute("SELECT map_index, state FROM task_instance WHERE dag_id = 'refusal_study__dagweek' "
+                        "AND task_id = 'sample_unit' ORDER BY map_index").fetchall()
+    # the first run: 3 mapped units (recorded source, 2 shards of the model); the second run of
+    # the week was skipped before mapping (one unexpanded, skipped instance)
+    assert mapped == [(-1, "skipped"), (0, "success"), (1, "success"), (2, "success")]
+    events = db.execute("SELECT e.extra FROM asset_event e JOIN asset a ON a.id = e.asset_id "
+                        "WHERE a.name = 'refusals_published__dagweek'").fetchall()
+    assert len(events) == 1  # the second run of the week was skipped: no second event
+    extra = json.loads(events[0][0])
+    assert extra["run_id"] == run_id and extra["week"] == "2026-W10" and extra["data_dir"] == str(data)
+    db.close()
+
+    # published: the run record, with the logical date's day and week
+    from pipeline.lake import read_folder  # files carry their keys; partition folders are not parsed
+
+    runs = read_folder(data / "lake" / "runs").to_pylist()
+    assert [(r["run_id"], str(r["run_date"]), r["week"]) for r in runs] == [(run_id, "2026-03-04", "2026-W10")]
+    samples = read_folder(data / "lake" / "samples", columns=["run_id", "model", "deployment", "prompt_id", "rep"])
+    assert set(samples.column("run_id").to_pylist()) == {run_id}
+    live = [r for r in samples.to_pylist() if r["deployment"] == "local-test"]
+    keys = [(r["prompt_id"], r["rep"]) for r in live]
+    assert len(keys) == 12 and len(set(keys)) == 12  # 4 prompts × 3 reps, each key exactly once
+    assert samples.num_rows == 12 + 50
+    assert (data / "lake" / "samples" / "study=dagweek" / "run_date=2026-03-04").is_dir()
+    assert not (data / "staging" / run_id).exists()
+    mirrored = read_folder(scheduled_week["bucket"] / "runs").column("run_id").to_pylist()
+    assert mirrored == [run_id]  # the lake_mirror param copied the published run
+
+    assert "already published" in scheduled_week["again"]  # the same week again: skipped, not resampled
+    assert "sampling tiny-random" not in scheduled_week["again"]
+
+
+@pytest.mark.slow
+def test_weekly_report_dag_reports_the_published_week(scheduled_week) -> None:
+    data = scheduled_week["data"]
+    conf = json.dumps({"data_dir": str(data)})
+    _airflow(scheduled_week["env"], "dags", "test", "weekly_report", "2026-03-04", "--conf", conf)
+    week = data / "reports" / "2026-W10"
+    assert (week / "report.html").stat().st_size > 0 and (week / "report.md").stat().st_size > 0
+    import duckdb
+
+    con = duckdb.connect(str(data / "warehouse.duckdb"), read_only=True)
+    assert con.execute("SELECT run_id, week FROM runs").fetchall() == [("dagweek-2026-W10", "2026-W10")]
+    assert con.execute("SELECT count(*) FROM samples").fetchone()[0] == 12 + 50
     con.close()
