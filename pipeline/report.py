@@ -274,7 +274,7 @@ def _notable_cells(compare: dict[str, dict[str, Any]], top_cells: list[dict[str,
     # a small report (or a week without refusals) still shows what the models said
     for c in sorted(cells, key=lambda c: (-(c["n_samples"] or 0), c["model"], c["topic"], c["language"]))[:4]:
         if len(out) < 4:
-            add(c["model"], c["deployment"], c["topic"], c["language"], "largest cell")
+            add(c["model"], c["deployment"], c["topic"], c["language"], "for reference")
     return out
 
 
@@ -366,7 +366,8 @@ def _story(ctx: dict[str, Any]) -> list[str]:
     out = [
         f"{t['n_samples']:,} responses from {len(models)} model(s) in {len(ctx['deployments'])} deployment(s) "
         f"to {t['n_prompts']:,} prompt variants; {_pct(t['refusal_rate'])} refused and "
-        f"{_pct(t['evasive_rate'])} evasive overall ({t['n_errors']:,} failed requests are counted apart)."
+        f"{_pct(t['evasive_rate'])} evasive overall; {t['n_errors']:,} errors (failed requests, empty or "
+        f"moderated output) are counted apart."
     ]
     if ctx["top_cells"]:
         c = ctx["top_cells"][0]
