@@ -26,7 +26,8 @@ def _load(path: Path) -> list:
 def test_every_infra_yaml_parses() -> None:
     files = sorted([*INFRA.rglob("*.yaml"), *INFRA.rglob("*.yml"), REPO / "dags" / "schedules.yaml"])
     assert {f.relative_to(REPO).as_posix() for f in files} >= {
-        "infra/ray-cluster.yaml", "infra/rayjob.yaml", "infra/airflow/values.yaml", "dags/schedules.yaml"}
+        "infra/ray-cluster.yaml", "infra/rayjob.yaml", "infra/kuberay-cluster.yaml", "infra/lake-pvc.yaml",
+        "infra/airflow/values.yaml", "dags/schedules.yaml"}
     for f in files:
         docs = _load(f)
         assert docs and all(isinstance(d, dict) for d in docs), f
@@ -55,13 +56,33 @@ def test_helm_values_have_what_the_docs_rely_on() -> None:
     assert values["config"]["core"]["load_examples"] == "False"
 
 
+def test_airflow_reaches_the_kuberay_cluster_and_shares_its_lake() -> None:
+    (values,) = _load(INFRA / "airflow" / "values.yaml")
+    (cluster,) = _load(INFRA / "kuberay-cluster.yaml")
+    (pvc,) = _load(INFRA / "lake-pvc.yaml")
+    env = {e["name"]: e["value"] for e in values["env"]}
+    # KubeRay names the head Service <cluster>-head-svc; the Jobs API is the dashboard port
+    assert env["REFUSALS_RAY_JOBS_ADDRESS"].startswith(f"http://{cluster['metadata']['name']}-head-svc.")
+    assert env["REFUSALS_RAY_JOBS_ADDRESS"].endswith(":8265")
+    head = cluster["spec"]["headGroupSpec"]["template"]["spec"]
+    assert {"containerPort": 8265, "name": "dashboard"} in head["containers"][0]["ports"]
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    groups = [head, *(g["template"]["spec"] for g in cluster["spec"]["workerGroupSpecs"])]
+    for spec in groups:  # every Ray pod mounts the same claim at the same path as Airflow
+        assert spec["volumes"][0]["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
+        assert spec["containers"][0]["volumeMounts"][0]["mountPath"] == values["volumeMounts"][0]["mountPath"]
+        ray_env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
+        assert ray_env["REFUSALS_DATA_DIR"] == env["REFUSALS_DATA_DIR"]
+    assert any(s["envName"] == "RAY_AUTH_TOKEN" for s in values["secret"])
+
+
 def test_ray_configs_have_their_key_parts() -> None:
     (cluster,) = _load(INFRA / "ray-cluster.yaml")
     assert cluster["head_node_type"] in cluster["available_node_types"]
     assert any(t["resources"].get("GPU") for t in cluster["available_node_types"].values())
     (job,) = _load(INFRA / "rayjob.yaml")
     assert job["kind"] == "RayJob" and job["apiVersion"].startswith("ray.io/")
-    assert "refusals" in job["spec"]["entrypoint"]
+    assert "refusals run" in job["spec"]["entrypoint"] and "--run-id demo-${WEEK}" in job["spec"]["entrypoint"]
     assert yaml.safe_load(job["spec"]["runtimeEnvYAML"])["env_vars"]["REFUSALS_DATA_DIR"]
 
 
