@@ -55,18 +55,19 @@ class Browser:
         from websockets.sync.client import connect
 
         self.timeout = timeout
-        self.profile = Path(tempfile.mkdtemp(prefix="refusals-chromium-"))
-        self.proc = subprocess.Popen(
-            [binary, *FLAGS, f"--user-data-dir={self.profile}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )
+        self.home = Path(tempfile.mkdtemp(prefix="refusals-chromium-"))
+        self.profile = self.home / "profile"  # fresh every time: no state from an earlier run
+        self.log = self.home / "chromium.log"  # a file, not a pipe nobody reads (a full pipe blocks)
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen([binary, *FLAGS, f"--user-data-dir={self.profile}", "about:blank"],
+                                         stdout=subprocess.DEVNULL, stderr=log)
         port_file = self.profile / "DevToolsActivePort"
         deadline = time.monotonic() + timeout
         while not (port_file.exists() and port_file.read_text().strip()):
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                err = self.proc.stderr.read().decode(errors="replace")[-2000:] if self.proc.poll() is not None else ""
+                err = self.log.read_text(errors="replace")[-2000:]
                 self.close()
-                raise RuntimeError(f"chromium did not start its DevTools endpoint: {err}")
+                raise RuntimeError(f"chromium did not start its DevTools endpoint within {timeout:.0f} s: {err}")
             time.sleep(0.05)
         port = int(port_file.read_text().split()[0])
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=timeout) as resp:
@@ -155,9 +156,7 @@ class Browser:
                 except subprocess.TimeoutExpired:
                     self.proc.kill()
                     self.proc.wait()
-            if self.proc.stderr:
-                self.proc.stderr.close()
-            shutil.rmtree(self.profile, ignore_errors=True)
+            shutil.rmtree(self.home, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- the tests
