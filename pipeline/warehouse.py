@@ -1,13 +1,14 @@
 """Stage 6: the warehouse. One DuckDB file built from the lake by the SQL files in `sql/`.
 
-Incremental by run: loading a run deletes and re-inserts only that run's rows in `samples`,
-`labels`, `prompts`, `runs` and `prompt_stats`; `refusal_rates` and `comparisons` are then
-rebuilt from `prompt_stats` (one row per prompt and run, small), and the `compare_*` views
-read `comparisons`. A full rebuild is `refusals warehouse --rebuild`. The statistics macros
-of `sql/macros.sql` are stored in the file, so ad hoc SQL can use them too.
+Incremental by run and week: loading a run deletes and re-inserts only that run's rows in
+`samples`, `labels`, `prompts`, `runs` and `prompt_stats`; then `prompt_weeks`,
+`refusal_rates` and `comparisons` are rebuilt for the weeks the load touched (and the week
+after each, whose week-over-week tests look back at it), and the `compare_*` views read
+`comparisons`. A full rebuild is `refusals warehouse --rebuild`. The statistics macros of
+`sql/macros.sql` are stored in the file, so ad hoc SQL can use them too.
 
 Each SQL file is a chain of statements separated by `;` at the end of a line, with named
-parameters (`$run_id`, `$files`) bound by DuckDB, never pasted in.
+parameters (`$run_id`, `$files`, `$weeks`) bound by DuckDB, never pasted in.
 """
 
 from __future__ import annotations
@@ -24,22 +25,36 @@ log = logging.getLogger(__name__)
 SQL_DIR = REPO_ROOT / "sql"
 PER_RUN = ("runs", "prompts", "samples", "labels")  # loaded from the lake, in this order
 MARTS = ("prompt_stats",)  # per run, from the tables above
-GLOBAL = ("refusal_rates", "comparisons")  # rebuilt from the per-run marts
+GLOBAL = ("prompt_weeks", "refusal_rates", "comparisons")  # per week, from the per-run marts
 VIEWS = ("compare_weeks", "compare_languages", "compare_deployments")  # over `comparisons`
 
 
+def _code(sql: str) -> str:
+    """SQL without its `--` comments (the SQL files have no `--` inside strings)."""
+    return re.sub(r"--[^\n]*", "", sql)
+
+
 def statements(name: str) -> list[str]:
-    """The statements of `sql/<name>.sql`, comments kept."""
+    """The statements of `sql/<name>.sql`, comments kept: a statement ends at a line whose
+    code (comments aside) ends with `;`."""
     text = (SQL_DIR / f"{name}.sql").read_text(encoding="utf-8")
-    parts = re.split(r";[ \t]*(?:\n|$)", text)
-    return [p.strip() for p in parts if re.sub(r"--[^\n]*", "", p).strip()]
+    out: list[str] = []
+    current: list[str] = []
+    for line in text.splitlines():
+        current.append(line)
+        if _code(line).rstrip().endswith(";"):
+            out.append("\n".join(current))
+            current = []
+    if current:
+        out.append("\n".join(current))
+    return [s.strip().rstrip(";").rstrip() for s in out if _code(s).strip().rstrip(";").strip()]
 
 
 def execute_file(con: Any, name: str, params: dict[str, Any] | None = None) -> None:
-    """Run `sql/<name>.sql`, binding to each statement the named parameters it uses."""
+    """Run `sql/<name>.sql`, binding to each statement the named parameters its code uses."""
     params = params or {}
     for stmt in statements(name):
-        used = {k: v for k, v in params.items() if re.search(rf"\${k}\b", stmt)}
+        used = {k: v for k, v in params.items() if re.search(rf"\${k}\b", _code(stmt))}
         con.execute(stmt, used) if used else con.execute(stmt)
 
 
@@ -48,10 +63,61 @@ def install_macros(con: Any) -> None:
     execute_file(con, "macros")
 
 
-def build_global(con: Any) -> None:
-    """Rebuild the marts over all runs from `prompt_stats`, then the views over them."""
+def sql_fingerprints() -> dict[str, str]:
+    import hashlib
+
+    return {name: hashlib.sha256((SQL_DIR / f"{name}.sql").read_bytes()).hexdigest()[:16]
+            for name in (*PER_RUN, *MARTS, *GLOBAL)}
+
+
+def sql_changed(con: Any) -> set[str]:
+    """Tables whose SQL file differs from the one this warehouse file was built with (all of
+    them for a file from before fingerprints were kept, if it has any tables)."""
+    con.execute("CREATE TABLE IF NOT EXISTS warehouse_sql (name VARCHAR, fingerprint VARCHAR)")
+    built = dict(con.execute("SELECT name, fingerprint FROM warehouse_sql").fetchall())
+    if not built:
+        tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+        return set(PER_RUN + MARTS + GLOBAL) & tables
+    return {name for name, fp in sql_fingerprints().items() if built.get(name) != fp}
+
+
+def record_sql(con: Any) -> None:
+    con.execute("DELETE FROM warehouse_sql")
+    con.executemany("INSERT INTO warehouse_sql VALUES (?, ?)", list(sql_fingerprints().items()))
+
+
+def create_tables(con: Any) -> None:
+    """Every table, empty, so that marts and views can always be built and queried."""
+    for name in PER_RUN + MARTS + GLOBAL:
+        for stmt in statements(name):
+            if _code(stmt).lstrip().upper().startswith("CREATE TABLE"):
+                con.execute(stmt)
+
+
+def weeks_touched(con: Any, weeks: list[str]) -> list[str]:
+    """These weeks and, for each, the next week with a run (its week-over-week tests compare
+    with the week before it)."""
+    every = [r[0] for r in con.execute("SELECT DISTINCT week FROM runs ORDER BY week").fetchall()]
+    out = set(weeks)
+    for w in weeks:
+        later = [x for x in every if x > w]
+        if later:
+            out.add(later[0])
+    return sorted(out)
+
+
+def build_global(con: Any, weeks: list[str] | None = None) -> None:
+    """Rebuild the per-week marts for `weeks` (default: every week in `prompt_stats`) from
+    `prompt_stats`, then the views over them."""
     install_macros(con)
-    for name in (*GLOBAL, *VIEWS):
+    create_tables(con)
+    if weeks is None:
+        weeks = [r[0] for r in con.execute(
+            "SELECT DISTINCT week FROM prompt_stats WHERE week IS NOT NULL ORDER BY week").fetchall()]
+    if weeks:
+        for name in GLOBAL:
+            execute_file(con, name, {"weeks": [str(w) for w in weeks]})
+    for name in VIEWS:
         execute_file(con, name)
 
 
@@ -113,17 +179,38 @@ def build(data: DataDir, run_ids: list[str] | None = None, rebuild: bool = False
             for name in (*GLOBAL, *MARTS, *PER_RUN):
                 con.execute(f'DROP TABLE IF EXISTS "{name}"')
         install_macros(con)
-        for name in PER_RUN + MARTS:
-            # create empty tables so that the global marts can always be built
-            for stmt in statements(name):
-                if re.sub(r"--[^\n]*", "", stmt).lstrip().upper().startswith("CREATE TABLE"):
-                    con.execute(stmt)
+        stale = sql_changed(con)
+        if stale & set(PER_RUN) and not rebuild:
+            log.warning("warehouse: the SQL of %s changed since this file was built; rebuilding it from the lake",
+                        ", ".join(sorted(stale & set(PER_RUN))))
+            con.close()
+            return build(data, rebuild=True)
+        if stale and not rebuild:
+            log.warning("warehouse: the SQL of %s changed since this file was built; recomputing the marts",
+                        ", ".join(sorted(stale)))
+            for name in (*VIEWS,):
+                con.execute(f'DROP VIEW IF EXISTS "{name}"')
+            for name in (*GLOBAL, *MARTS):
+                con.execute(f'DROP TABLE IF EXISTS "{name}"')
+        create_tables(con)
+        if stale and not rebuild:
+            for (run_id,) in con.execute("SELECT DISTINCT run_id FROM runs ORDER BY 1").fetchall():
+                for name in MARTS:
+                    execute_file(con, name, {"run_id": run_id})
+            rebuild_marts = True
+        else:
+            rebuild_marts = rebuild
         loaded = {r[0] for r in con.execute("SELECT DISTINCT run_id FROM runs").fetchall()}
         todo = run_ids if run_ids is not None else [r for r in published_runs(data) if r not in loaded]
+        before = {r[0]: r[1] for r in con.execute("SELECT run_id, week FROM runs").fetchall()}
         for run_id in todo:
             log.info("warehouse: loading run %s", run_id)
             load_run(con, data, run_id)
-        build_global(con)
+        after = {r[0]: r[1] for r in con.execute("SELECT run_id, week FROM runs").fetchall()}
+        # the weeks of the loaded runs, and a reloaded run's former week
+        weeks = {after[r] for r in todo if r in after} | {before[r] for r in todo if r in before}
+        build_global(con, None if rebuild_marts else weeks_touched(con, sorted(weeks)))
+        record_sql(con)
         counts = {
             name: con.execute(f'SELECT count(*) FROM "{name}"').fetchone()[0]
             for name in (*PER_RUN, *MARTS, *GLOBAL, *VIEWS)

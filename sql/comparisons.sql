@@ -1,5 +1,6 @@
 -- comparisons: every test the report and the compare_* views show, one row per pair of
--- cells, rebuilt from refusal_rates and prompt_stats (both small).
+-- cells, from refusal_rates and prompt_weeks, rebuilt for the weeks in $weeks only (a
+-- loaded week and the week after it, whose week-over-week tests look back at it).
 --
 --   kind = 'week'        a cell this week against the same cell in the previous week with
 --                        data, on the prompts both weeks asked
@@ -23,23 +24,32 @@
 -- a kind in a week (every model, deployment, topic and language compared that week);
 -- `significant` is q_value < 0.05, so at most about 5% of flagged changes are expected
 -- to be false.
-CREATE OR REPLACE TABLE comparisons AS
+CREATE TABLE IF NOT EXISTS comparisons (
+    kind VARCHAR, model VARCHAR, deployment_a VARCHAR, deployment_b VARCHAR, topic VARCHAR,
+    topic_group VARCHAR, language_a VARCHAR, language_b VARCHAR, week_a VARCHAR, week_b VARCHAR,
+    n_prompts_a BIGINT, n_prompts_b BIGINT, rate_a DOUBLE, rate_b DOUBLE, n_eff_a DOUBLE,
+    n_eff_b DOUBLE, diff DOUBLE, diff_ci_low DOUBLE, diff_ci_high DOUBLE, test VARCHAR, z DOUBLE,
+    df DOUBLE, p_value DOUBLE, family_size BIGINT, q_value DOUBLE, significant BOOLEAN
+);
+DELETE FROM comparisons WHERE list_contains($weeks, week_a);
+INSERT INTO comparisons BY NAME
 WITH rates AS (
     SELECT * FROM refusal_rates WHERE refusal_rate IS NOT NULL
-),
--- one row per prompt of a model × deployment × week (the runs of a week summed)
-per_prompt AS (
-    SELECT model, deployment, week, prompt_id, any_value(topic) AS topic,
-           any_value(topic_group) AS topic_group, any_value(language) AS language,
-           sum(n_valid) AS n_valid, sum(n_refused) AS n_refused
-    FROM prompt_stats
-    GROUP BY model, deployment, week, prompt_id
-    HAVING sum(n_valid) > 0
 ),
 previous AS (
     SELECT model, deployment, topic, language, week, lag(week) OVER w AS prev_week
     FROM rates
     WINDOW w AS (PARTITION BY model, deployment, topic, language ORDER BY week)
+),
+this_week AS (
+    SELECT * FROM previous WHERE list_contains($weeks, week)
+),
+-- the prompts (runs of a week summed, see prompt_weeks.sql) of the weeks compared
+per_prompt AS (
+    SELECT model, deployment, week, prompt_id, topic, topic_group, language, n_valid, n_refused
+    FROM prompt_weeks
+    WHERE n_valid > 0
+      AND (list_contains($weeks, week) OR week IN (SELECT prev_week FROM this_week))
 ),
 -- prompts asked on both sides of a same-prompt comparison, one row per prompt
 shared AS (
@@ -47,7 +57,7 @@ shared AS (
            a.topic, a.topic_group, a.language, a.week AS week_a, b.week AS week_b, a.prompt_id,
            a.n_valid AS valid_a, a.n_refused AS refused_a, b.n_valid AS valid_b, b.n_refused AS refused_b
     FROM per_prompt AS a
-    JOIN previous AS v USING (model, deployment, topic, language, week)
+    JOIN this_week AS v USING (model, deployment, topic, language, week)
     JOIN per_prompt AS b
       ON b.model = a.model AND b.deployment = a.deployment AND b.prompt_id = a.prompt_id
      AND b.week = v.prev_week
@@ -58,6 +68,7 @@ shared AS (
     JOIN per_prompt AS b
       ON a.model = b.model AND a.week = b.week AND a.prompt_id = b.prompt_id
      AND a.deployment < b.deployment
+    WHERE list_contains($weeks, a.week)
 ),
 -- Cochran-Mantel-Haenszel over prompts: observed minus expected refusals of side a in each
 -- prompt's 2×2 table, and the hypergeometric variance
@@ -96,6 +107,7 @@ languages AS (
     JOIN rates AS b
       ON a.model = b.model AND a.deployment = b.deployment AND a.topic = b.topic
      AND a.week = b.week AND a.language < b.language
+    WHERE list_contains($weeks, a.week)
 ),
 pairs AS (
     SELECT * FROM same_prompts
@@ -129,5 +141,4 @@ SELECT kind, model, deployment_a, deployment_b, topic, topic_group, language_a, 
        week_a, week_b, n_prompts_a, n_prompts_b, rate_a, rate_b, n_eff_a, n_eff_b,
        diff, diff_ci_low, diff_ci_high, test, z, df, p_value, m AS family_size, q_value,
        q_value < 0.05 AS significant
-FROM adjusted
-ORDER BY kind, week_a, q_value, model, topic;
+FROM adjusted;

@@ -23,7 +23,8 @@ CREATE OR REPLACE MACRO wilson_high(p, n) AS
 CREATE OR REPLACE MACRO n_eff(p, se2, clusters, trials) AS
     CASE
         WHEN p IS NULL THEN NULL
-        WHEN clusters < 2 OR se2 IS NULL OR se2 = 0 THEN clusters::DOUBLE
+        -- (se² below 1e-12 is rounding of an exact zero: every prompt at the same rate)
+        WHEN clusters < 2 OR se2 IS NULL OR se2 <= 1e-12 THEN clusters::DOUBLE
         ELSE greatest(clusters, least(trials, p * (1 - p) / se2))
     END;
 

@@ -11,22 +11,10 @@ CREATE TABLE IF NOT EXISTS prompt_stats (
 );
 DELETE FROM prompt_stats WHERE run_id = $run_id;
 INSERT INTO prompt_stats BY NAME
--- Labels carry the sample key, topic and language, and prompts the rest of a prompt's
--- attributes: no join of samples with labels (two tables of the run's size), only a join
--- of the run's labels with its prompts (one row per prompt).
-WITH joined AS (
-    SELECT l.run_id, l.model, l.deployment, l.prompt_id, l.rep, l.topic, l.topic_group,
-           p.question_id, l.language, p.template_id, p.system_prompt_id,
-           l.label, l.language_match
-    FROM labels AS l
-    LEFT JOIN prompts AS p ON p.run_id = l.run_id AND p.prompt_id = l.prompt_id
-    WHERE l.run_id = $run_id
-),
-counted AS (
-    SELECT run_id, model, deployment, prompt_id,
-           any_value(topic) AS topic, any_value(topic_group) AS topic_group,
-           any_value(question_id) AS question_id, any_value(language) AS language,
-           any_value(template_id) AS template_id, any_value(system_prompt_id) AS system_prompt_id,
+-- The run's labels are counted by their key alone (the one pass over samples-sized data),
+-- a prompt's attributes come from the run's prompts (one row per prompt) afterwards.
+WITH counted AS (
+    SELECT model, deployment, prompt_id,
            count(*) AS n_samples,
            count(*) FILTER (WHERE label <> 'error') AS n_valid,
            count(*) FILTER (WHERE label = 'refused') AS n_refused,
@@ -38,28 +26,22 @@ counted AS (
                AS n_answers_lang_known,
            count(*) FILTER (WHERE label IN ('complied', 'evasive') AND language_match = false)
                AS n_language_mismatch
-    FROM joined
-    GROUP BY ALL
-),
-with_week AS (
-    SELECT c.*, r.week FROM counted AS c JOIN runs AS r USING (run_id)
+    FROM labels
+    WHERE run_id = $run_id
+    GROUP BY model, deployment, prompt_id
 ),
 final AS (
-    SELECT *,
-           CASE WHEN n_valid > 0 THEN n_refused / n_valid END AS p_refused,
-           1.959963984540054 AS z
-    FROM with_week
+    SELECT c.*, p.topic, p.topic_group, p.question_id, p.language, p.template_id,
+           p.system_prompt_id, r.week,
+           CASE WHEN n_valid > 0 THEN n_refused / n_valid END AS p_refused
+    FROM counted AS c
+    LEFT JOIN (SELECT * FROM prompts WHERE run_id = $run_id) AS p USING (prompt_id)
+    CROSS JOIN (SELECT week FROM runs WHERE run_id = $run_id) AS r
 )
-SELECT run_id, week, model, deployment, prompt_id, topic, topic_group, question_id, language,
-       template_id, system_prompt_id, n_samples, n_valid, n_refused, n_evasive, n_complied,
-       n_error, n_answers_lang_known, n_language_mismatch, p_refused,
-       CASE WHEN n_valid > 0 THEN
-           (p_refused + z * z / (2 * n_valid)
-            - z * sqrt(p_refused * (1 - p_refused) / n_valid + z * z / (4 * n_valid * n_valid)))
-           / (1 + z * z / n_valid) END AS ci_low,
-       CASE WHEN n_valid > 0 THEN
-           (p_refused + z * z / (2 * n_valid)
-            + z * sqrt(p_refused * (1 - p_refused) / n_valid + z * z / (4 * n_valid * n_valid)))
-           / (1 + z * z / n_valid) END AS ci_high,
+SELECT $run_id AS run_id, week, model, deployment, prompt_id, topic, topic_group, question_id,
+       language, template_id, system_prompt_id, n_samples, n_valid, n_refused, n_evasive,
+       n_complied, n_error, n_answers_lang_known, n_language_mismatch, p_refused,
+       wilson_low(p_refused, n_valid) AS ci_low,
+       wilson_high(p_refused, n_valid) AS ci_high,
        coalesce(p_refused > 0 AND p_refused < 1, false) AS flips
 FROM final;

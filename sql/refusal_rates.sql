@@ -1,27 +1,26 @@
--- refusal_rates: model × deployment × topic × language × week, rebuilt from prompt_stats
--- (small: one row per prompt and run), so a new run never rescans old samples.
+-- refusal_rates: model × deployment × topic × language × week, from prompt_weeks (one row
+-- per prompt and week), rebuilt for the weeks in $weeks only: a new run never rescans old
+-- samples, nor the marts of other weeks.
 --
 -- The interval respects clustering: repetitions of one prompt are correlated, so the
 -- variance of the ratio estimator p = Σ r_g / Σ m_g is the cluster-robust (CR1) one over
--- prompts g. It enters a Wilson interval through the effective sample size
+-- prompts g, se² = G/(G-1) Σ (r_g - p m_g)² / (Σ m_g)², computed in the same pass from
+-- Σ r², Σ r m and Σ m². It enters a Wilson interval through the effective sample size
 -- n_eff = p(1-p) / se², bounded to [number of prompts, number of samples]; when p is 0 or 1
 -- (se = 0) n_eff is the number of prompts, the conservative end (macros in macros.sql).
---
--- A prompt sampled in two runs of one week is one cluster: its counts are summed first.
-CREATE OR REPLACE TABLE refusal_rates AS
-WITH source AS (
-    SELECT model, deployment, week, prompt_id,
-           any_value(topic) AS topic, any_value(topic_group) AS topic_group,
-           any_value(language) AS language,
-           sum(n_samples) AS n_samples, sum(n_valid) AS n_valid, sum(n_refused) AS n_refused,
-           sum(n_evasive) AS n_evasive, sum(n_error) AS n_error,
-           sum(n_answers_lang_known) AS n_answers_lang_known,
-           sum(n_language_mismatch) AS n_language_mismatch
-    FROM prompt_stats
-    GROUP BY model, deployment, week, prompt_id
-),
-per_prompt AS (
-    SELECT *, n_refused / nullif(n_valid, 0) AS p_refused FROM source
+CREATE TABLE IF NOT EXISTS refusal_rates (
+    model VARCHAR, deployment VARCHAR, topic VARCHAR, topic_group VARCHAR, language VARCHAR,
+    week VARCHAR, n_prompts BIGINT, n_samples BIGINT, n_valid BIGINT, n_refused BIGINT,
+    refusal_rate DOUBLE, ci_low DOUBLE, ci_high DOUBLE, cluster_se DOUBLE, n_eff DOUBLE,
+    evasive_rate DOUBLE, error_rate DOUBLE, language_mismatch_rate DOUBLE, flip_rate DOUBLE,
+    between_prompt_share DOUBLE
+);
+DELETE FROM refusal_rates WHERE list_contains($weeks, week);
+INSERT INTO refusal_rates BY NAME
+WITH per_prompt AS (
+    SELECT *, n_refused / nullif(n_valid, 0) AS p_refused
+    FROM prompt_weeks
+    WHERE list_contains($weeks, week)
 ),
 -- every cell, including one whose every sample failed (rates null, error_rate 1)
 cells AS (
@@ -38,25 +37,26 @@ cells AS (
                FILTER (WHERE n_valid > 0) AS flip_rate,
            var_pop(p_refused) AS var_between,
            avg(p_refused * (1 - p_refused)) AS var_within,
-           sum(n_refused) / nullif(sum(n_valid), 0) AS refusal_rate
+           sum(n_refused::DOUBLE * n_refused) AS s_rr,
+           sum(n_refused::DOUBLE * n_valid) AS s_rm,
+           sum(n_valid::DOUBLE * n_valid) AS s_mm
     FROM per_prompt
     GROUP BY model, deployment, topic, language, week
 ),
+rated AS (
+    SELECT *, n_refused / nullif(n_valid, 0) AS refusal_rate FROM cells
+),
 robust AS (
-    SELECT c.model, c.deployment, c.topic, c.language, c.week,
-           CASE WHEN count(*) > 1 THEN
-               count(*) / (count(*) - 1.0)
-               * sum(power(s.n_refused - c.refusal_rate * s.n_valid, 2)) / power(sum(s.n_valid), 2)
+    SELECT *,
+           CASE WHEN n_prompts > 1 THEN
+               n_prompts / (n_prompts - 1.0)
+               * greatest(0.0, s_rr - 2 * refusal_rate * s_rm + refusal_rate * refusal_rate * s_mm)
+               / (n_valid::DOUBLE * n_valid)
            END AS se2
-    FROM per_prompt AS s
-    JOIN cells AS c USING (model, deployment, topic, language, week)
-    WHERE s.n_valid > 0
-    GROUP BY ALL
+    FROM rated
 ),
 final AS (
-    SELECT c.*, r.se2, n_eff(c.refusal_rate, r.se2, c.n_prompts, c.n_valid) AS n_eff
-    FROM cells AS c
-    LEFT JOIN robust AS r USING (model, deployment, topic, language, week)
+    SELECT *, n_eff(refusal_rate, se2, n_prompts, n_valid) AS n_eff FROM robust
 )
 SELECT model, deployment, topic, topic_group, language, week,
        n_prompts, n_samples, n_valid, n_refused,
@@ -72,5 +72,4 @@ SELECT model, deployment, topic, topic_group, language, week,
        flip_rate,
        CASE WHEN var_between + var_within > 0 THEN var_between / (var_between + var_within) END
            AS between_prompt_share
-FROM final
-ORDER BY model, deployment, topic, language, week;
+FROM final;

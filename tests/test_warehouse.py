@@ -292,8 +292,7 @@ def cell_intervals(table: pa.Table) -> list[dict]:
         con.execute(statements("prompt_stats")[0])  # the mart's own CREATE TABLE
         con.register("sim", table)
         con.execute("INSERT INTO prompt_stats BY NAME SELECT * FROM sim")
-        install_macros(con)
-        execute_file(con, "refusal_rates")
+        build_global(con)
         cur = con.execute("SELECT * FROM refusal_rates ORDER BY topic")
         cols = [d[0] for d in cur.description]
         return [dict(zip(cols, r)) for r in cur.fetchall()]
@@ -388,9 +387,29 @@ def test_a_cell_whose_every_sample_failed_is_kept() -> None:
     ) AS v(model, deployment, prompt_id, topic, topic_group, language, week, n_samples, n_valid,
            n_refused, n_evasive, n_complied, n_error, n_answers_lang_known, n_language_mismatch,
            p_refused, flips)""")
-    install_macros(con)
-    execute_file(con, "refusal_rates")
+    build_global(con)
     rows = {r[0]: r[1:] for r in con.execute(
         "SELECT language, n_prompts, n_samples, refusal_rate, ci_low, error_rate FROM refusal_rates").fetchall()}
     assert rows["en"] == (0, 10, None, None, 1.0)
     assert rows["zh"][:3] == (1, 5, 0.4) and rows["zh"][4] == 0.0
+
+
+def test_changed_sql_recomputes_what_depends_on_it(tmp_path: Path, caplog) -> None:
+    """A warehouse file built by older SQL is brought up to date by the next build: marts
+    recomputed from its tables when a mart's SQL changed, reloaded from the lake when a
+    loaded table's SQL changed."""
+    study = write_recorded_study(tmp_path / "s", recorded_rows(), name="sqlv")
+    publish_run(study, tmp_path / "data", "run-1")
+    data = DataDir(tmp_path / "data")
+    counts = build(data)
+    expected = fetch(data, "SELECT * FROM refusal_rates ORDER BY ALL")
+    for table in ("refusal_rates", "labels"):
+        con = duckdb.connect(str(data.warehouse))
+        con.execute("UPDATE warehouse_sql SET fingerprint = 'old' WHERE name = ?", [table])
+        con.execute("DELETE FROM refusal_rates")  # what the old SQL left is gone either way
+        con.close()
+        with caplog.at_level(logging.WARNING, logger="pipeline.warehouse"):
+            assert build(data) == counts
+        assert table in caplog.text and ("from the lake" in caplog.text) == (table == "labels")
+        caplog.clear()
+        assert fetch(data, "SELECT * FROM refusal_rates ORDER BY ALL") == expected
