@@ -337,7 +337,7 @@ def _validation(raw: str | None) -> dict[str, Any]:
 
 def _validation_link(data: DataDir, week: str, run_id: str) -> str | None:
     """Relative link from the report's folder to the run's validation summary, if written."""
-    target = data.root / "validation" / run_id / "index.html"
+    target = data.validation / run_id / "index.html"
     if not target.is_file():
         return None
     rel = os.path.relpath(target, data.reports / week)

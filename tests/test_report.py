@@ -330,3 +330,34 @@ def test_older_warehouse_without_comparisons(two_weeks, tmp_path: Path) -> None:
                        ("deployments", "compare_deployments")):
         assert f"Not available: this warehouse has no <code>{table}</code>" in section(page, sid)
     assert "<b>90%</b>" in section(page, "rates")
+
+
+def test_validation_link_survives_odd_run_ids(tmp_path: Path) -> None:
+    from urllib.parse import unquote
+
+    from pipeline.report import _validation_link
+
+    data = DataDir(tmp_path / "data")
+    run_id = "demo:2026-11-27T10:00+01 #2"
+    assert _validation_link(data, "2026-W48", run_id) is None  # no summary written: no link
+    page = data.validation / run_id / "index.html"
+    page.parent.mkdir(parents=True)
+    page.write_text("ok", encoding="utf-8")
+    href = _validation_link(data, "2026-W48", run_id)
+    assert href.startswith("../../") and "#" not in href and " " not in href
+    assert (data.reports / "2026-W48" / unquote(href)).resolve() == page.resolve()
+
+
+def test_output_stays_bounded(two_weeks, monkeypatch) -> None:
+    """A large warehouse gives a report of bounded size: every list is cut, and says so."""
+    import pipeline.report as report
+
+    monkeypatch.setattr(report, "MAX_CELLS", 3)
+    monkeypatch.setattr(report, "MAX_NEAR_MISSES", 1)
+    monkeypatch.setattr(report, "MAX_NOTABLE", 2)
+    context = report.gather(two_weeks["data"], None)
+    page, _ = report.render(context)
+    assert len(context["cells"]) == 3 and "Showing the first 3 of 8 cells." in page
+    languages = context["compare"]["compare_languages"]
+    assert len(languages["rows"]) == languages["significant"] + 1 < languages["total"]
+    assert len(context["examples"]) <= 2
