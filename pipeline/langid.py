@@ -119,11 +119,22 @@ def detect_language(text: str | None) -> str:
     lang = normalize_language(code)
     if lang is None:
         return UNDETERMINED
+    if lang in _NOT_RUSSIAN_LETTERS and _NOT_RUSSIAN_LETTERS[lang].search(head) and not _SOUTH_SLAVIC_ONLY.search(head):
+        lang = "ru"  # short Russian comes back as Serbian or Bulgarian; letters those lack settle it
     # cld2 marks short texts unreliable even when right; trust a clear majority.
     if not reliable and percent < 60:
         return UNDETERMINED
     return lang
 
+
+# Letters Russian uses that Serbian/Macedonian Cyrillic lack (Bulgarian lacks only ы, э, ё),
+# and letters only those use.
+_NOT_RUSSIAN_LETTERS = {
+    "sr": re.compile(r"[ыэёйщъЫЭЁЙЩЪ]"),
+    "mk": re.compile(r"[ыэёйщъЫЭЁЙЩЪ]"),
+    "bg": re.compile(r"[ыэёЫЭЁ]"),
+}
+_SOUTH_SLAVIC_ONLY = re.compile(r"[ђјљњћџЂЈЉЊЋЏѓќѕЃЌЅ]")
 
 # Last resort when cld2 gives up: a script used (almost) by one major language.
 _SCRIPT_FALLBACK = [

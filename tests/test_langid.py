@@ -55,3 +55,18 @@ def test_language_match() -> None:
     assert language_match(None, "en") is None
     assert language_match("en", "und") is None
     assert normalize_language("pt_BR") == "pt"
+
+
+@pytest.mark.parametrize("text", ["Я не могу написать такой текст.", "Я не буду составлять эту речь.",
+                                  "Это очень хороший вопрос, спасибо."])
+def test_short_russian_is_not_serbian_or_bulgarian(text: str) -> None:
+    # cld2 reports short Russian as sr/bg; letters those languages lack decide.
+    assert detect_language(text) == "ru"
+
+
+@pytest.mark.parametrize("lang,text", [
+    ("sr", "Београд је главни град Србије и највећи град у земљи."),
+    ("bg", "София е столицата на България и най-големият град в страната."),
+])
+def test_serbian_and_bulgarian_stay(lang: str, text: str) -> None:
+    assert detect_language(text) == lang
