@@ -51,16 +51,22 @@ per_prompt AS (
     WHERE n_valid > 0
       AND (list_contains($weeks, week) OR week IN (SELECT prev_week FROM this_week))
 ),
+-- this week's prompts, each with the week its cell is compared with
+current AS MATERIALIZED (
+    SELECT a.*, v.prev_week
+    FROM per_prompt AS a
+    JOIN this_week AS v USING (model, deployment, topic, language, week)
+    WHERE v.prev_week IS NOT NULL
+),
 -- prompts asked on both sides of a same-prompt comparison, one row per prompt
 shared AS (
     SELECT 'week' AS kind, a.model, a.deployment AS deployment_a, a.deployment AS deployment_b,
            a.topic, a.topic_group, a.language, a.week AS week_a, b.week AS week_b, a.prompt_id,
            a.n_valid AS valid_a, a.n_refused AS refused_a, b.n_valid AS valid_b, b.n_refused AS refused_b
-    FROM per_prompt AS a
-    JOIN this_week AS v USING (model, deployment, topic, language, week)
+    FROM current AS a
     JOIN per_prompt AS b
-      ON b.model = a.model AND b.deployment = a.deployment AND b.prompt_id = a.prompt_id
-     AND b.week = v.prev_week
+      ON b.model = a.model AND b.deployment = a.deployment AND b.week = a.prev_week
+     AND b.prompt_id = a.prompt_id
     UNION ALL
     SELECT 'deployment' AS kind, a.model, a.deployment, b.deployment, a.topic, a.topic_group,
            a.language, a.week, b.week, a.prompt_id, a.n_valid, a.n_refused, b.n_valid, b.n_refused
@@ -122,20 +128,26 @@ tested AS (
            CASE WHEN df IS NULL THEN p_two_sided(z) ELSE p_t(z, df) END AS p_value
     FROM pairs
 ),
-ranked AS (
-    SELECT *,
-           count(*) OVER (PARTITION BY kind, week_a) AS m,
-           row_number() OVER (PARTITION BY kind, week_a
-                              ORDER BY p_value, model, deployment_a, deployment_b, topic,
-                                       language_a, language_b, week_b) AS rank
-    FROM tested
+numbered AS (
+    SELECT *, row_number() OVER () AS id FROM tested
 ),
-adjusted AS (
-    -- BH step-up: q_(i) = min over j >= i of p_(j) m / j
-    SELECT *, least(1.0, min(p_value * m / rank) OVER (
-                  PARTITION BY kind, week_a ORDER BY rank DESC
+-- BH on a narrow projection (sorting whole rows is most of the cost otherwise); ties in p
+-- get the same q whatever their order, so p alone orders the step-up
+ranked AS (
+    SELECT id, kind, week_a, p_value,
+           count(*) OVER (PARTITION BY kind, week_a) AS m,
+           row_number() OVER (PARTITION BY kind, week_a ORDER BY p_value DESC) AS from_top
+    FROM numbered
+),
+bh AS (
+    -- q_(i) = min over j >= i of p_(j) m / j, with rank j = m - from_top + 1
+    SELECT id, m, least(1.0, min(p_value * m / (m - from_top + 1)) OVER (
+                  PARTITION BY kind, week_a ORDER BY from_top
                   ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)) AS q_value
     FROM ranked
+),
+adjusted AS (
+    SELECT * FROM numbered JOIN bh USING (id)
 )
 SELECT kind, model, deployment_a, deployment_b, topic, topic_group, language_a, language_b,
        week_a, week_b, n_prompts_a, n_prompts_b, rate_a, rate_b, n_eff_a, n_eff_b,

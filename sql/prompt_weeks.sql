@@ -9,6 +9,18 @@ CREATE TABLE IF NOT EXISTS prompt_weeks (
 );
 DELETE FROM prompt_weeks WHERE list_contains($weeks, week);
 INSERT INTO prompt_weeks BY NAME
+-- a week with one run (the usual case) is that run's prompt_stats as they are; only weeks
+-- with several runs need the grouping
+WITH multi AS (
+    SELECT week FROM prompt_stats
+    WHERE list_contains($weeks, week)
+    GROUP BY week HAVING count(DISTINCT run_id) > 1
+)
+SELECT model, deployment, week, prompt_id, topic, topic_group, language, 1 AS n_runs,
+       n_samples, n_valid, n_refused, n_evasive, n_error, n_answers_lang_known, n_language_mismatch
+FROM prompt_stats
+WHERE list_contains($weeks, week) AND week NOT IN (SELECT week FROM multi)
+UNION ALL BY NAME
 SELECT model, deployment, week, prompt_id,
        any_value(topic) AS topic, any_value(topic_group) AS topic_group, any_value(language) AS language,
        count(*) AS n_runs, sum(n_samples) AS n_samples, sum(n_valid) AS n_valid,
@@ -16,5 +28,5 @@ SELECT model, deployment, week, prompt_id,
        sum(n_answers_lang_known) AS n_answers_lang_known,
        sum(n_language_mismatch) AS n_language_mismatch
 FROM prompt_stats
-WHERE list_contains($weeks, week)
+WHERE week IN (SELECT week FROM multi)
 GROUP BY model, deployment, week, prompt_id;

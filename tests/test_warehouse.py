@@ -380,7 +380,7 @@ def test_a_cell_whose_every_sample_failed_is_kept() -> None:
     """All-error cells stay in refusal_rates with error_rate 1 and no refusal rate, instead of
     vanishing from the marts and the report."""
     con = duckdb.connect()
-    con.execute("""CREATE TABLE prompt_stats AS SELECT * FROM (VALUES
+    con.execute("""CREATE TABLE prompt_stats AS SELECT 'r1' AS run_id, * FROM (VALUES
         ('m', 'd', 'p1', 't', 'g', 'en', 'W1', 5, 0, 0, 0, 0, 5, 0, 0, NULL::DOUBLE, FALSE),
         ('m', 'd', 'p2', 't', 'g', 'en', 'W1', 5, 0, 0, 0, 0, 5, 0, 0, NULL::DOUBLE, FALSE),
         ('m', 'd', 'p3', 't', 'g', 'zh', 'W1', 5, 5, 2, 1, 2, 0, 5, 1, 0.4, TRUE)
@@ -402,7 +402,7 @@ def test_changed_sql_recomputes_what_depends_on_it(tmp_path: Path, caplog) -> No
     publish_run(study, tmp_path / "data", "run-1")
     data = DataDir(tmp_path / "data")
     counts = build(data)
-    expected = fetch(data, "SELECT * FROM refusal_rates ORDER BY ALL")
+    expected = rounded(fetch(data, "SELECT * FROM refusal_rates ORDER BY ALL"))
     for table in ("refusal_rates", "labels"):
         con = duckdb.connect(str(data.warehouse))
         con.execute("UPDATE warehouse_sql SET fingerprint = 'old' WHERE name = ?", [table])
@@ -412,4 +412,4 @@ def test_changed_sql_recomputes_what_depends_on_it(tmp_path: Path, caplog) -> No
             assert build(data) == counts
         assert table in caplog.text and ("from the lake" in caplog.text) == (table == "labels")
         caplog.clear()
-        assert fetch(data, "SELECT * FROM refusal_rates ORDER BY ALL") == expected
+        assert rounded(fetch(data, "SELECT * FROM refusal_rates ORDER BY ALL")) == expected
