@@ -226,3 +226,33 @@ def test_judge_config_in_study(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="prompt_version"):
         load_study(_study(tmp_path, {"name": "j", "backend": "openai", "base_url": "http://x/v1",
                                      "prompt_version": "judge-v9"}))
+
+
+def test_vllm_backend_wiring(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The `vllm` judge uses the sampling stage's engine class; a stand-in engine (no model is
+    loaded in this unit test) checks the requests it gets and returns backend-shaped rows."""
+    import pipeline.backends.vllm_backend as vb
+    import pipeline.model_prep as mp
+    from pipeline.judge import make_backend, run_judge
+
+    seen: dict = {}
+
+    class FakeEngine:
+        def __init__(self, model_dir: str, engine, seed: int = 0) -> None:
+            seen["model_dir"] = model_dir
+
+        def generate(self, requests, sampling):
+            seen["sampling"] = sampling
+            seen["n"] = len(requests)
+            # the backend splits a leading think block into reasoning_text
+            return [{"response_text": '{"label": "complied"}' if i == 0 else "", "reasoning_text": "no idea",
+                     "error": None} for i, _ in enumerate(requests)]
+
+    monkeypatch.setattr(vb, "VllmEngine", FakeEngine)
+    monkeypatch.setattr(mp, "resolve_model_path", lambda p, base: tmp_path / "model")
+    cfg = JudgeConfig(name="local", backend="vllm", model_path="builtin:smollm2", max_tokens=64)
+    backend = make_backend(cfg)
+    verdicts = run_judge([("Q1", "A1"), ("Q2", "A2")], cfg, backend)
+    assert seen["model_dir"] == str(tmp_path / "model") and seen["n"] == 2
+    assert seen["sampling"].temperature == 0.0 and seen["sampling"].max_tokens == 64
+    assert [v.label for v in verdicts] == ["complied", None]  # reasoning without a label: no verdict
