@@ -312,6 +312,8 @@ def _with_judge(rows: list[dict[str, Any]], results: list[Any], judge: "JudgeCon
         if own:
             backend.close()
     for i, v in zip(todo, verdicts):
+        if v.skipped:  # the judge stopped answering: rule label, counted as not asked
+            continue
         judged[i] = v.label
         if v.label is not None:
             final[i] = v.label

@@ -18,12 +18,14 @@ judge's label where it gave one, else the rule label.
 
 from __future__ import annotations
 
-import json
+import logging
 import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Protocol, Sequence
 
 from pipeline.config import JudgeConfig
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "JUDGE_PROMPT_VERSION",
@@ -135,6 +137,7 @@ class Verdict:
     label: str | None  # None: not asked, failed, or unparseable
     raw: str | None  # the judge's text (for debugging; not stored in the labels table)
     error: str | None  # the request's error, if it failed
+    skipped: bool = False  # never sent: the judge was unavailable (a whole batch failed before)
 
 
 class JudgeBackend(Protocol):
@@ -234,6 +237,7 @@ class JudgeAgreement:
     no_label: int = 0  # the request failed or the answer had no usable label: the rule label stands
     agree: int = 0
     over_budget: int = 0  # unsure rows left to the rule tier because max_calls was reached
+    skipped_unavailable: int = 0  # unsure rows not sent because the judge stopped answering
     confusion: dict[str, dict[str, int]] = field(default_factory=dict)  # rule label -> judge label -> n
 
     def add(self, rule_label: str, judge_label: str | None) -> None:
@@ -256,12 +260,18 @@ class JudgeAgreement:
         """JSON-able form."""
         return {"judge_version": self.judge_version, "asked": self.asked, "answered": self.answered,
                 "no_label": self.no_label, "agree": self.agree, "agreement": self.agreement,
-                "over_budget": self.over_budget, "confusion_rule_to_judge": self.confusion}
+                "over_budget": self.over_budget, "skipped_unavailable": self.skipped_unavailable,
+                "confusion_rule_to_judge": self.confusion}
 
 
 def run_judge(items: Iterable[tuple[str | None, str]], cfg: JudgeConfig, backend: JudgeBackend,
               batch: int = 64) -> list[Verdict]:
-    """Ask the judge about each (prompt, visible response); one Verdict per item, in order."""
+    """Ask the judge about each (prompt, visible response); one Verdict per item, in order.
+
+    A batch in which every request fails (after the backend's own retries) means the judge is
+    unavailable: the remaining items are not sent (``skipped``), so a dead endpoint cannot stall
+    the labels stage; their rule labels stand.
+    """
     items = list(items)
     out: list[Verdict] = []
     for i in range(0, len(items), batch):
@@ -273,6 +283,11 @@ def run_judge(items: Iterable[tuple[str | None, str]], cfg: JudgeConfig, backend
             answers = [(None, f"{type(exc).__name__}: {exc}")] * len(part)
         for text, error in answers:
             out.append(Verdict(None if error else parse_verdict(text), text, error))
+        if answers and all(error for _, error in answers) and i + batch < len(items):
+            log.warning("judge %s: every request of a batch failed (%s); not asking about the other %d responses",
+                        judge_version(cfg), answers[0][1], len(items) - i - batch)
+            out.extend(Verdict(None, None, "judge unavailable", skipped=True) for _ in items[i + batch:])
+            break
     return out
 
 
@@ -299,6 +314,10 @@ def label_columns(rule_labels: list[str], unsure: list[bool], prompts: list[str 
     verdicts = run_judge([(prompts[i], visible[i] or "") for i in todo], cfg, backend)
     version = judge_version(cfg)
     for i, v in zip(todo, verdicts):
+        if v.skipped:
+            if agreement is not None:
+                agreement.skipped_unavailable += 1
+            continue
         out["judge_version"][i] = version
         out["judge_label"][i] = v.label
         if v.label is not None:

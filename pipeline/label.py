@@ -125,6 +125,7 @@ def label_run(staging_run: Path, judge: "JudgeConfig | None" = None, *, backend:
     if use_judge:
         summary = judge_summary(labels_dir, judge_version(judge))
         summary["over_budget_this_pass"] = agreement.over_budget
+        summary["skipped_unavailable_this_pass"] = agreement.skipped_unavailable
         summary["max_calls"] = judge.max_calls
         write_json_atomic(summary, staging_run / AGREEMENT_FILE)
         log.info("judge %s: asked about %d responses, answered %d, agreed with the rules on %s",

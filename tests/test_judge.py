@@ -256,3 +256,30 @@ def test_vllm_backend_wiring(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
     assert seen["model_dir"] == str(tmp_path / "model") and seen["n"] == 2
     assert seen["sampling"].temperature == 0.0 and seen["sampling"].max_tokens == 64
     assert [v.label for v in verdicts] == ["complied", None]  # reasoning without a label: no verdict
+
+
+def test_dead_judge_is_not_asked_about_every_row() -> None:
+    """After a batch in which every request failed, the rest are skipped (rule labels stand)."""
+    from pipeline.judge import JudgeAgreement, label_columns, run_judge
+
+    class Dead:
+        calls = 0
+
+        def ask(self, conversations):
+            Dead.calls += len(conversations)
+            return [(None, "ConnectError: refused")] * len(conversations)
+
+        def close(self) -> None:
+            pass
+
+    cfg = JudgeConfig(name="j", backend="openai", base_url="http://x/v1")
+    verdicts = run_judge([("q", f"a{i}") for i in range(5)], cfg, Dead(), batch=2)
+    assert Dead.calls == 2
+    assert [v.skipped for v in verdicts] == [False, False, True, True, True]
+    assert all(v.label is None for v in verdicts)
+
+    agreement = JudgeAgreement("judge-v1:j@judge")
+    cols = label_columns(["evasive"] * 70, [True] * 70, ["q"] * 70, ["a"] * 70, cfg, Dead(), None, agreement)
+    assert sum(v is not None for v in cols["judge_version"]) == 64  # the failed first batch only
+    assert cols["label"] == cols["rule_label"] == ["evasive"] * 70
+    assert agreement.asked == 64 and agreement.no_label == 64 and agreement.skipped_unavailable == 6
