@@ -53,4 +53,5 @@ clean-data:
 # Benchmarks (not timed tests): results in bench-results/*.json, summarised in the README.
 bench: $(STAMP)
 	$(PY) benchmarks/bench_classify.py
+	$(PY) benchmarks/bench_marts.py
 	$(PY) benchmarks/bench_sampling.py
