@@ -13,9 +13,11 @@ networking, component updates or sync, in a fresh profile: the machine has no in
 
 The README's picture of the report (docs/report.png) is made with the same browser, from a real
 report: two weekly runs of a recorded-only SpeechMap study (the same responses, run dates
-2026-11-20 and 2026-11-27, through `pipeline.run`'s stages), then
+2026-11-20 and 2026-11-27, through `pipeline.run`'s stages; about 3 minutes on 2 cores):
 
-    .venv/bin/python -m tests.test_report_browser DATA/reports/2026-W48/report.html docs/report.png 2300
+    .venv/bin/python -m tests.test_report_browser --speechmap "$(mktemp -d)" docs/report.png 2300
+
+Any report: `.venv/bin/python -m tests.test_report_browser REPORT.html OUT.png [HEIGHT]`.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from datetime import date
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -283,10 +286,45 @@ def test_the_harness_would_see_a_payload_run(browser, tmp_path) -> None:
     assert browser.eval("document.title") == "pwned"
 
 
+def speechmap_report(root: Path) -> Path:
+    """The README's report: two weekly runs (2026-11-20 and 2026-11-27) of a recorded-only study of
+    the SpeechMap responses, through every stage, into `root`; returns the 2026-W48 report.
+    Both weeks hold the same responses, so the report shows, truthfully, no significant change."""
+    from pipeline import run as stages
+    from pipeline.paths import REPO_ROOT, DataDir
+    from pipeline.report import write_report
+    from pipeline.warehouse import build
+
+    root.mkdir(parents=True, exist_ok=True)
+    study = root / "speechmap.yaml"
+    study.write_text(json.dumps({
+        "name": "speechmap", "description": "recorded SpeechMap responses, no live model",
+        "catalog": str(REPO_ROOT / "catalog"), "languages": ["en", "zh", "fi"],
+        "recorded": [{"path": "$REFUSALS_SHARED_DATA/speechmap_responses.parquet",
+                      "deployment": "speechmap-recorded", "format": "speechmap"}],
+        "validation": {"max_error_rate": 0.05},
+    }), encoding="utf-8")
+    for run_id, run_date in (("speechmap-2026-W47", date(2026, 11, 20)), ("speechmap-2026-W48", date(2026, 11, 27))):
+        ctx = stages.context(study, run_id, root / "data")
+        if stages.skip_published(ctx, force=False):
+            continue
+        stages.prepare(ctx, run_date=run_date)
+        stages.sample(ctx)
+        stages.label(ctx)
+        stages.validate(ctx)
+        stages.publish(ctx)
+    data = DataDir(root / "data")
+    build(data)
+    return write_report(data, week="2026-W48")["html"]
+
+
 def main(argv: list[str]) -> int:
     """`python -m tests.test_report_browser REPORT.html OUT.png [HEIGHT]`: a screenshot of a report,
     1200 CSS pixels wide, the first HEIGHT pixels (default: the whole page), in 256 colours so that
-    a README can carry it (a report is flat colours and text: nothing visible is lost)."""
+    a README can carry it (a report is flat colours and text: nothing visible is lost).
+    `--speechmap DIR` in place of REPORT.html builds the README's report in DIR first."""
+    if len(argv) == 4 and argv[0] == "--speechmap":
+        argv = [str(speechmap_report(Path(argv[1]))), *argv[2:]]
     if len(argv) not in (2, 3) or CHROMIUM is None:
         print(__doc__ if CHROMIUM else "chromium is not installed", file=sys.stderr)
         return 2
