@@ -442,7 +442,7 @@ def _md_escape(text: str | None, limit: int = 300) -> str:
     text = " ".join(str(text).split())
     if len(text) > limit:
         text = text[:limit] + "…"
-    return html.escape(text).replace("|", "\\|").replace("`", "\\`").replace("*", "\\*").replace("_", "\\_")
+    return html.escape(text, quote=False).replace("|", "\\|").replace("`", "\\`").replace("*", "\\*").replace("_", "\\_")
 
 
 def _grids(context: dict[str, Any]) -> list[dict[str, Any]]:

@@ -101,6 +101,12 @@ def test_markdown_escapes_model_output(report) -> None:
     assert "\\|" in line and "\\`code\\`" in line and "\\*bold\\*" in line
 
 
+def test_markdown_keeps_quotes_readable(two_weeks) -> None:
+    # quotes need no escaping in Markdown: "I'm sorry" stays as written, not I&#x27;m
+    assert "I'm sorry, but I can't help with that." in two_weeks["md"]
+    assert "&#x27;" not in two_weeks["md"] and "&#39;" not in two_weeks["md"]
+
+
 def test_markdown_has_sections_and_numbers(report) -> None:
     md = report["md"]
     for heading in ("## Headline", "## Refusal rate by topic and language", "## Week over week",
