@@ -8,6 +8,7 @@ Everything is simulated with known truth and pushed through the warehouse's own 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 logging.getLogger("great_expectations").setLevel(logging.WARNING)
 
@@ -313,3 +314,36 @@ def test_incremental_week_rebuild_equals_full_rebuild() -> None:
     assert incremental == {t: sorted(map(str, full.execute(f"SELECT * FROM {t}").fetchall())) for t in tables}
     assert {r[0] for r in con.execute("SELECT DISTINCT week_a FROM comparisons WHERE kind = 'week'").fetchall()} == {
         "2026-W02", "2026-W03"}
+
+
+def test_two_recorded_deployments_of_the_same_prompts_compare(tmp_path) -> None:
+    """The app and the local weights answered the same questions (two recorded files): the run
+    validates (same prompt in two sources is allowed), the warehouse keeps one prompt row,
+    and compare_deployments flags the app's refusals."""
+    import json
+
+    from pipeline.paths import DataDir
+    from pipeline.warehouse import build
+
+    folder = tmp_path / "s"
+    folder.mkdir()
+    questions = [f"Question {i} about June 1989?" for i in range(6)]
+    sources = []
+    for dep, text in (("app", "Sorry, that's beyond my current scope. Let's talk about something else."),
+                      ("local", "In June 1989 the army cleared Tiananmen Square; hundreds or thousands of "
+                                "civilians were killed and the event remains censored in China.")):
+        rows = [{"model": "deepseek-r1", "prompt": q, "response": text, "language": "en",
+                 "topic": "tiananmen", "topic_group": "china_political"} for q in questions for _ in range(3)]
+        path = folder / f"{dep}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        sources.append({"path": str(path), "deployment": dep, "format": "generic"})
+    study = folder / "two.yaml"
+    study.write_text(json.dumps({"name": "two", "catalog": str(Path(__file__).resolve().parent.parent / "catalog"),
+                                 "languages": ["en"], "recorded": sources}), encoding="utf-8")
+    publish_run(study, tmp_path / "data", "two-1")
+    data = DataDir(tmp_path / "data")
+    build(data)
+    assert fetch(data, "SELECT count(*) AS n, count(DISTINCT prompt_id) AS k FROM prompts") == [{"n": 6, "k": 6}]
+    (d,) = fetch(data, "SELECT * FROM compare_deployments")
+    assert (d["deployment_a"], d["deployment_b"], d["n_shared_prompts"]) == ("app", "local", 6)
+    assert d["rate_a"] == 1.0 and d["rate_b"] == 0.0 and d["significant"]

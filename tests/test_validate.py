@@ -238,7 +238,7 @@ def test_duplicate_prompt_ids_fail(tmp_path: Path, prompts) -> None:
     doubled = pa.concat_tables([prompts, prompts.slice(0, 1)])
     staging = stage(tmp_path, doubled, make_samples(prompts))
     outcome = validate_run(staging, RUN, expected(prompts))
-    assert failed_types(outcome) == {("prompts", "expect_column_values_to_be_unique")}
+    assert failed_types(outcome) == {("prompts", "expect_compound_columns_to_be_unique")}
 
 
 def test_recorded_rows_skip_repetition_count(tmp_path: Path, prompts) -> None:
