@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Protocol, Sequence
 
 from pipeline.config import JudgeConfig
+from pipeline.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -279,6 +280,8 @@ def run_judge(items: Iterable[tuple[str | None, str]], cfg: JudgeConfig, backend
         convs = [judge_messages(p, r, cfg.prompt_version) for p, r in part]
         try:
             answers = backend.ask(convs)
+        except UserError:  # a configuration error (e.g. no API key) must be fixed, not skipped
+            raise
         except Exception as exc:  # a broken backend leaves the rule labels in place
             answers = [(None, f"{type(exc).__name__}: {exc}")] * len(part)
         for text, error in answers:

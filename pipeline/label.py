@@ -85,7 +85,7 @@ def label_run(staging_run: Path, judge: "JudgeConfig | None" = None, *, backend:
     requests over the whole run) and `judge_agreement.json` is written; ``backend`` replaces
     the configured client (tests), ``base_dir`` resolves a relative vLLM ``model_path``.
     """
-    from pipeline.judge import JudgeAgreement, judge_version, make_backend
+    from pipeline.judge import JudgeAgreement, judge_version
 
     samples_dir = staging_run / "samples"
     labels_dir = staging_run / "labels"
@@ -107,7 +107,7 @@ def label_run(staging_run: Path, judge: "JudgeConfig | None" = None, *, backend:
                 continue
             samples = pq.read_table(src)
             if use_judge and backend is None:
-                backend, own_backend = make_backend(judge, base_dir), True
+                backend, own_backend = _LazyBackend(judge, base_dir), True
             before = agreement.asked if agreement else 0
             labels = label_table(samples, prompt_text, judge=judge if use_judge else None, backend=backend,
                                  budget=budget, agreement=agreement)
@@ -133,6 +133,25 @@ def label_run(staging_run: Path, judge: "JudgeConfig | None" = None, *, backend:
                  "n/a" if summary["agreement"] is None else f"{summary['agreement']:.3f}")
     log.info("labelled %d responses", n)
     return n
+
+
+class _LazyBackend:
+    """The judge's backend, created on the first request: a run with nothing unsure never
+    loads a judge model or opens a connection."""
+
+    def __init__(self, cfg: "JudgeConfig", base_dir: Path | None) -> None:
+        self.cfg, self.base_dir, self.backend = cfg, base_dir, None
+
+    def ask(self, conversations):
+        if self.backend is None:
+            from pipeline.judge import make_backend
+
+            self.backend = make_backend(self.cfg, self.base_dir)
+        return self.backend.ask(conversations)
+
+    def close(self) -> None:
+        if self.backend is not None:
+            self.backend.close()
 
 
 def judge_summary(labels_dir: Path, version: str) -> dict[str, Any]:

@@ -14,6 +14,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 import pytest
 
@@ -283,3 +285,27 @@ def test_dead_judge_is_not_asked_about_every_row() -> None:
     assert sum(v is not None for v in cols["judge_version"]) == 64  # the failed first batch only
     assert cols["label"] == cols["rule_label"] == ["evasive"] * 70
     assert agreement.asked == 64 and agreement.no_label == 64 and agreement.skipped_unavailable == 6
+
+
+def test_judge_without_its_api_key_fails_loudly(judge_server: str, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("JUDGE_KEY_FOR_TEST", raising=False)
+    with pytest.raises(UserError, match="JUDGE_KEY_FOR_TEST"):
+        _labels(tmp_path, _judge(judge_server, api_key_env="JUDGE_KEY_FOR_TEST"))
+    assert ScriptedJudge.seen == []
+
+
+def test_nothing_unsure_means_no_judge_connection(tmp_path: Path) -> None:
+    # The endpoint does not exist; with no unsure row it is never contacted, so the stage passes.
+    from pipeline.label import label_run
+
+    ctx = stages.context(_study(tmp_path, None), "r1", tmp_path / "data")
+    stages.prepare(ctx)
+    stages.sample(ctx)
+    for f in (ctx.staging / "samples").rglob("*.parquet"):  # keep only the sure rows
+        t = pq.read_table(f)
+        pq.write_table(t.filter(pa.compute.equal(t.column("model"), "m-sure")), f)
+    cfg = JudgeConfig(name="j", backend="openai", base_url="http://127.0.0.1:9/v1", api_key_env="NOT_SET_ANYWHERE")
+    assert label_run(ctx.staging, cfg) == 3
+    agreement = json.loads((ctx.staging / "judge_agreement.json").read_text())
+    assert agreement["asked"] == 0
