@@ -184,7 +184,7 @@ def sample_unit(run: dict, unit: dict) -> list[dict]:
     u = SampleUnit(**unit)
     get_current_context()["unit_label"] = u.label()  # names the mapped instance in the UI
     address = _ray_jobs_address()
-    if address:
+    if address and u.model is not None:  # a recorded import needs no engine: it stays in the task
         from pipeline.jobs import submit_and_wait
         from pipeline.sample import unit_entrypoint, unit_submission_id
 

@@ -176,6 +176,32 @@ def test_a_shard_plans_only_its_own_missing_keys(tmp_path: Path) -> None:
     assert len(plan_b.requests) == plan_b.expected - 1
 
 
+def test_a_unit_runs_as_its_own_command(tmp_path: Path, shared_data: Path) -> None:
+    """What a Ray job runs for one mapped unit (`python -m pipeline.sample ...`), here on a
+    recorded source so that no engine is needed."""
+    import shlex
+
+    from pipeline.lake import read_folder
+    from pipeline.run import context, prepare
+    from pipeline.sample import SampleUnit, unit_entrypoint, unit_submission_id
+
+    study = write_study(tmp_path / "study.yaml", recorded=[
+        {"path": str(shared_data / "speechmap_responses.parquet"), "deployment": "rec", "format": "speechmap",
+         "models": ["deepseek/deepseek-r1"], "languages": ["zh"]}])
+    data = tmp_path / "data"
+    prepare(context(study, "job-1", data))
+    unit = SampleUnit("rec")
+    cmd = unit_entrypoint(str(study), "job-1", str(data), unit)
+    out = subprocess.run(shlex.split(cmd), capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert read_folder(data / "staging" / "job-1" / "samples").num_rows == 50
+    assert unit_submission_id("job-1", unit) == unit_submission_id("job-1", SampleUnit("rec"))  # stable on retry
+    assert unit_submission_id("job-1", SampleUnit("m", "d", 0, 2)) != unit_submission_id("job-1", SampleUnit("m", "d", 1, 2))
+    bad = subprocess.run(shlex.split(unit_entrypoint(str(study), "job-1", str(data), SampleUnit("nope"))),
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert bad.returncode == 2 and "no recorded source with deployment 'nope'" in bad.stderr
+
+
 def test_weekly_run_id_and_date_follow_the_logical_date(tmp_path: Path) -> None:
     from pipeline.run import start_run, weekly_run_id
 
@@ -282,6 +308,10 @@ def test_scheduled_study_dag_samples_the_logical_week_in_shards(scheduled_week) 
     # the first run: 3 mapped units (recorded source, 2 shards of the model); the second run of
     # the week was skipped before mapping (one unexpanded, skipped instance)
     assert mapped == [(-1, "skipped"), (0, "success"), (1, "success"), (2, "success")]
+    names = [r[0] for r in db.execute("SELECT rendered_map_index FROM task_instance WHERE task_id = 'sample_unit' "
+                                      "AND map_index >= 0 ORDER BY map_index")]
+    assert names == ["recorded speechmap-recorded", "tiny-random @ local-test shard 1/2",
+                     "tiny-random @ local-test shard 2/2"]  # mapped instances named in the UI
     events = db.execute("SELECT e.extra FROM asset_event e JOIN asset a ON a.id = e.asset_id "
                         "WHERE a.name = 'refusals_published__dagweek'").fetchall()
     assert len(events) == 1  # the second run of the week was skipped: no second event
@@ -320,5 +350,21 @@ def test_weekly_report_dag_reports_the_published_week(scheduled_week) -> None:
 
     con = duckdb.connect(str(data / "warehouse.duckdb"), read_only=True)
     assert con.execute("SELECT run_id, week FROM runs").fetchall() == [("dagweek-2026-W10", "2026-W10")]
+    assert con.execute("SELECT count(*) FROM samples").fetchone()[0] == 12 + 50
+    con.close()
+
+    # Asset-triggered, the DAG's task gets the publish events' extras: the week and data folder
+    # come from them (here the event the sampling DAG recorded), and the run is reloaded, not doubled.
+    import shutil
+
+    from pipeline.run import report_published
+
+    db = sqlite3.connect(scheduled_week["home"] / "airflow.db")
+    (extra,) = db.execute("SELECT extra FROM asset_event").fetchone()
+    db.close()
+    shutil.rmtree(week)
+    out = report_published([json.loads(extra)])
+    assert list(out) == ["2026-W10"] and Path(out["2026-W10"]["html"]).parent == week
+    con = duckdb.connect(str(data / "warehouse.duckdb"), read_only=True)
     assert con.execute("SELECT count(*) FROM samples").fetchone()[0] == 12 + 50
     con.close()
