@@ -25,7 +25,16 @@ import pyarrow.parquet as pq
 
 from pipeline.config import LoadedStudy, load_study
 from pipeline.errors import UserError
-from pipeline.lake import hive_path, parquet_files, read_folder, replace_folder, write_json_atomic, write_parquet_atomic
+from pipeline.lake import (
+    copy_parquet,
+    distinct_values,
+    hive_path,
+    parquet_files,
+    read_folder,
+    replace_folder,
+    write_json_atomic,
+    write_parquet_atomic,
+)
 from pipeline.paths import REPO_ROOT, DataDir
 
 log = logging.getLogger(__name__)
@@ -58,6 +67,33 @@ def default_run_id(study: str, when: datetime | None = None) -> str:
 def iso_week(d: date) -> str:
     y, w, _ = d.isocalendar()
     return f"{y}-W{w:02d}"
+
+
+def weekly_run_id(study: str, when: date) -> str:
+    """The run id of a study's scheduled run in the ISO week of `when`: `<study>-<YYYY>-W<ww>`.
+
+    A scheduled DAG derives it from the run's logical date, so a backfilled week gets that
+    week's id (and is skipped when it is already published)."""
+    return f"{study}-{iso_week(when)}"
+
+
+def start_run(study_path: str | Path, run_id: str | None = None, data_dir: str | Path | None = None, *,
+              when: datetime | None = None, weekly: bool = False, force: bool = False) -> dict[str, Any] | None:
+    """Name a run, and prepare it unless it is already published (then None; `force` redoes it).
+
+    The run id is `run_id` if given, else `weekly_run_id` (weekly) or `default_run_id` of
+    `when` (an orchestrator's logical date); the run date is `when`'s date, so a backfilled
+    week lands in that week of the marts. Returns what later stages need to find the run."""
+    loaded = load_study(study_path)
+    if run_id is None:
+        run_id = weekly_run_id(loaded.study.name, (when or datetime.now(timezone.utc)).date()) if weekly \
+            else default_run_id(loaded.study.name, when)
+    ctx = context(loaded.path, run_id, data_dir)
+    if skip_published(ctx, force):
+        return None
+    record = prepare(ctx, run_date=when.date() if when else None)
+    return {"study": str(loaded.path), "run_id": run_id, "data_dir": None if data_dir is None else str(data_dir),
+            "run_date": record["run_date"], "week": record["week"]}
 
 
 @dataclass
@@ -127,10 +163,30 @@ def prepare(ctx: RunContext, run_date: date | None = None) -> dict[str, Any]:
     return record
 
 
-def sample(ctx: RunContext) -> list[dict[str, Any]]:
-    from pipeline.sample import sample_study
+def sample(ctx: RunContext, *, deployment: str | None = None, model: str | None = None,
+           shard: int | None = None, shards: int = 1) -> list[dict[str, Any]]:
+    """The sampling stage: the whole study, or one unit of it (see `sample_units`): with
+    `deployment` alone its recorded source, with `model` too one shard of that model's prompts."""
+    from pipeline.sample import SampleUnit, sample_study, sample_unit
 
-    return [s.__dict__ for s in sample_study(ctx.loaded, ctx.run_id, ctx.staging)]
+    if deployment is None:
+        if model is not None or shard is not None:
+            raise UserError("sampling one model or shard needs its deployment")
+        summaries = sample_study(ctx.loaded, ctx.run_id, ctx.staging)
+    else:
+        unit = SampleUnit(deployment, model, shard or 0, shards if model is not None else 1)
+        summaries = sample_unit(ctx.loaded, ctx.run_id, ctx.staging, unit)
+    return [s.__dict__ for s in summaries]
+
+
+def sample_units(ctx: RunContext, shards: int = 1) -> list[dict[str, Any]]:
+    """The independent units of the sampling stage, as keyword arguments of `sample`: one per
+    recorded source, `shards` per live model. Units never write the same sample key."""
+    from dataclasses import asdict
+
+    from pipeline.sample import sample_units as units
+
+    return [asdict(u) for u in units(ctx.loaded, shards)]
 
 
 def label(ctx: RunContext) -> int:
@@ -152,9 +208,12 @@ def expected_counts(ctx: RunContext) -> dict[str, Any]:
     max_rep = study.repetitions - 1
     for f in parquet_files(ctx.staging / "samples"):
         if f.name == "recorded.parquet":
-            meta = pq.read_metadata(f)
+            try:
+                meta = pq.read_metadata(f)
+                reps = pq.read_table(f, columns=["rep"]).column("rep")
+            except (pa.ArrowInvalid, OSError, KeyError):
+                continue  # a damaged file: the validation names it and fails the run
             rows += meta.num_rows
-            reps = pq.read_table(f, columns=["rep"]).column("rep")
             max_rep = max(max_rep, pc.max(reps).as_py() or 0)
     return {
         "rows": rows,
@@ -171,6 +230,12 @@ def validate(ctx: RunContext) -> dict[str, Any]:
     from pipeline.validate import quarantine, validate_run
 
     outcome = validate_run(ctx.staging, ctx.run_id, expected_counts(ctx))
+    docs = ctx.data.validation / ctx.run_id
+    docs.mkdir(parents=True, exist_ok=True)
+    tmp = docs / ".tmp-index.html"
+    shutil.copyfile(ctx.staging / "validation.html", tmp)
+    tmp.replace(docs / "index.html")
+    log.info("validation summary: %s", docs / "index.html")
     if not outcome.success:
         quarantine(ctx.staging, ctx.data.quarantine, outcome)
     log.info("run %s passed validation (%d suites)", ctx.run_id, len(outcome.suites))
@@ -189,15 +254,13 @@ def _publish_dataset(ctx: RunContext, name: str, split_language: bool) -> int:
     for f in parquet_files(src_root):
         groups.setdefault(f.parent, []).append(f)
     for folder, files in groups.items():
-        table = pa.concat_tables([pq.read_table(f) for f in files], promote_options="default")
+        # streamed (pipeline.lake.copy_parquet): memory is bounded by a batch, not by the run
         rel = folder.relative_to(src_root)
         if split_language:
-            for lang in sorted(set(table.column("language").to_pylist())):
-                part = table.filter(pc.equal(table.column("language"), lang))
-                write_parquet_atomic(part, hive_path(build / rel, language=lang) / "part-0.parquet")
+            for lang in distinct_values(files, "language"):
+                n += copy_parquet(files, hive_path(build / rel, language=lang) / "part-0.parquet", language=lang)
         else:
-            write_parquet_atomic(table, build / rel / "part-0.parquet")
-        n += table.num_rows
+            n += copy_parquet(files, build / rel / "part-0.parquet")
     replace_folder(build, target)
     # A rerun of the same run id on another day (--force, a re-triggered DAG run) must replace
     # the earlier copy, not sit beside it under another run_date.
@@ -222,7 +285,7 @@ def publish(ctx: RunContext, validation: dict[str, Any] | None = None) -> dict[s
         "labels": _publish_dataset(ctx, "labels", split_language=True),
     }
     record = ctx.record()
-    samples = read_folder(ctx.staging / "samples", columns=["model", "deployment", "error"])
+    samples = _run_totals(parquet_files(ctx.staging / "samples"))
     run_row = {
         "run_id": ctx.run_id,
         "study": record["study"],
@@ -234,10 +297,10 @@ def publish(ctx: RunContext, validation: dict[str, Any] | None = None) -> dict[s
         "code_version": record["code_version"],
         "n_prompts": counts["prompts"],
         "n_samples": counts["samples"],
-        "n_errors": samples.num_rows - samples.column("error").null_count,
+        "n_errors": samples["n_errors"],
         "repetitions": record["repetitions"],
-        "models": json.dumps(sorted(set(samples.column("model").to_pylist())), ensure_ascii=False),
-        "deployments": json.dumps(sorted(set(samples.column("deployment").to_pylist()))),
+        "models": json.dumps(samples["models"], ensure_ascii=False),
+        "deployments": json.dumps(samples["deployments"]),
         "classifier": _classifier_version(),
         "validation": json.dumps(validation, default=str),
     }
@@ -246,6 +309,22 @@ def publish(ctx: RunContext, validation: dict[str, Any] | None = None) -> dict[s
     shutil.rmtree(ctx.staging, ignore_errors=True)
     log.info("published run %s: %s", ctx.run_id, counts)
     return counts
+
+
+def _run_totals(files: list[Path]) -> dict[str, Any]:
+    """Errors, models and deployments of a staged run, streamed by DuckDB."""
+    import duckdb
+
+    con = duckdb.connect()
+    try:
+        n_errors, models, deployments = con.execute(
+            "SELECT count(error), list(DISTINCT model ORDER BY model), list(DISTINCT deployment ORDER BY deployment) "
+            "FROM read_parquet($files, union_by_name = true, hive_partitioning = false)",
+            {"files": [str(f) for f in files]},
+        ).fetchone()
+        return {"n_errors": n_errors, "models": models, "deployments": deployments}
+    finally:
+        con.close()
 
 
 def _classifier_version() -> str:
@@ -265,6 +344,51 @@ def report(ctx: RunContext, week: str | None = None) -> dict[str, str]:
 
     paths = write_report(ctx.data, week=week)
     return {k: str(v) for k, v in paths.items()}
+
+
+def report_published(events: list[dict[str, Any]], data_dir: str | Path | None = None, week: str | None = None,
+                     when: date | None = None) -> dict[str, dict[str, str]]:
+    """What the weekly report DAG does: bring the warehouse up to date and write reports.
+
+    `events` are the extras of the publish events that triggered it (`run_id`, `week`,
+    `data_dir`): their runs are (re)loaded, with any other published run not yet loaded, and
+    their weeks reported. Without events: `week`, else the week of `when`, else the latest.
+    Returns {week: {kind: path}}."""
+    from pipeline.report import write_report
+    from pipeline.warehouse import build, published_runs
+
+    groups: dict[Path, list[dict[str, Any]]] = {}
+    for e in events:
+        groups.setdefault(DataDir.from_env(data_dir or e.get("data_dir")).root, []).append(e)
+    if not groups:
+        groups[DataDir.from_env(data_dir).root] = []
+    out: dict[str, dict[str, str]] = {}
+    for root, group in groups.items():
+        data = DataDir(root)
+        fresh = {e["run_id"] for e in group if e.get("run_id")}
+        build(data, run_ids=sorted(fresh | (set(published_runs(data)) - _warehouse_runs(data))))
+        weeks = [week] if week else sorted({e["week"] for e in group if e.get("week")})
+        if not weeks:
+            weeks = [iso_week(when) if when else None]
+        for w in weeks:
+            paths = write_report(data, week=w)
+            out[w or Path(next(iter(paths.values()))).parent.name] = {k: str(v) for k, v in paths.items()}
+    return out
+
+
+def _warehouse_runs(data: DataDir) -> set[str]:
+    """Run ids already loaded into the warehouse (none when it does not exist yet)."""
+    if not data.warehouse.exists():
+        return set()
+    import duckdb
+
+    con = duckdb.connect(str(data.warehouse), read_only=True)
+    try:
+        return {r[0] for r in con.execute("SELECT DISTINCT run_id FROM runs").fetchall()}
+    except duckdb.CatalogException:
+        return set()
+    finally:
+        con.close()
 
 
 def is_published(data: DataDir, run_id: str) -> bool:
