@@ -107,9 +107,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from pipeline.eval_classifier import evaluate
+    from pipeline.eval_classifier import evaluate, load_judge_config
 
-    result = evaluate(args.dataset, split=args.split)
+    judge = load_judge_config(args.judge) if args.judge else None
+    result = evaluate(args.dataset, split=args.split, judge=judge)
     print(json.dumps(result.to_dict(), indent=1, default=str) if args.json else result.to_text())
     return 0
 
@@ -167,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dataset", default="xstest", help="xstest, speechmap or a path")
     e.add_argument("--split", choices=["all", "dev", "heldout"], default="all")
     e.add_argument("--json", action="store_true")
+    e.add_argument("--judge", default=None, metavar="FILE",
+                   help="also ask an LLM judge about unsure rows (a judge YAML, or a study with judge:)")
     e.set_defaults(func=cmd_eval)
 
     w = sub.add_parser("warehouse", help="load published runs into the warehouse and rebuild the marts")
