@@ -1,6 +1,6 @@
 """Classifier agreement with the labelled shared data, and the dev/heldout split.
 
-Floors are the agreement measured with the current rules (classifier 0.2.0)
+Floors are the agreement measured with the current rules (classifier 0.2.1)
 minus a small margin, so that a regression fails here. Raise them when the
 rules improve; never tune rules on the heldout split.
 """
@@ -18,11 +18,11 @@ pytestmark = pytest.mark.skipif(
     reason=f"shared labelled data not found in {DATA} (set REFUSALS_SHARED_DATA)",
 )
 
-# Measured with classifier rules 0.2.0 on the whole sets: XSTest binary 0.927 (dev 0.925,
-# heldout 0.932); SpeechMap 4-way en 0.968, zh 0.871, fi 0.871, all 0.936
-# (0.1.0: en 0.962, zh 0.859, fi 0.846).
+# Measured with classifier rules 0.2.1 on the whole sets: XSTest binary 0.927 (dev 0.925,
+# heldout 0.932); SpeechMap 4-way en 0.968, zh 0.881, fi 0.871, all 0.938
+# (0.2.0: zh 0.871, all 0.936; 0.1.0: en 0.962, zh 0.859, fi 0.846).
 XSTEST_BINARY_FLOOR = 0.91
-SPEECHMAP_FLOORS = {"en": 0.955, "zh": 0.855, "fi": 0.855, "all": 0.925}
+SPEECHMAP_FLOORS = {"en": 0.955, "zh": 0.865, "fi": 0.855, "all": 0.925}
 
 
 @pytest.fixture(scope="module")
