@@ -22,11 +22,19 @@ case "${1:-}" in
     "$ray" start --head --node-ip-address=127.0.0.1 --port="$port" --num-cpus=1 \
       "${dash[@]}" --temp-dir="$tmp" --disable-usage-stats >/dev/null
     "$ray" start --address="127.0.0.1:$port" --node-ip-address=127.0.0.1 --num-cpus=1 \
-      --disable-usage-stats >/dev/null
+      --temp-dir="$tmp" --disable-usage-stats >/dev/null
     echo "ray cluster up: RAY_ADDRESS=127.0.0.1:$port"
     ;;
   stop)
-    "$ray" stop --force >/dev/null 2>&1 || true
+    # Only this cluster: its processes are the ones started with our temp dir (raylets, GCS,
+    # dashboard); their workers exit with their raylet. `ray stop` would stop every Ray on the
+    # machine, another user's or test's included.
+    pkill -TERM -f -- "$tmp" 2>/dev/null || true
+    for _ in $(seq 1 20); do
+      pgrep -f -- "$tmp" >/dev/null || break
+      sleep 0.5
+    done
+    pkill -KILL -f -- "$tmp" 2>/dev/null || true
     echo "ray cluster stopped"
     ;;
   status)

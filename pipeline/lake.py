@@ -86,7 +86,7 @@ def copy_parquet(files: list[Path], path: Path, language: str | None = None,
         if language is not None:
             sql += " WHERE language = $language"
             params["language"] = language
-        reader = con.sql(sql, params=params).fetch_record_batch(batch_rows)
+        reader = con.sql(sql, params=params).to_arrow_reader(batch_rows)
         with pq.ParquetWriter(tmp, reader.schema, compression="zstd") as writer:
             for batch in reader:
                 writer.write_batch(batch)
@@ -100,14 +100,20 @@ def copy_parquet(files: list[Path], path: Path, language: str | None = None,
 
 def distinct_values(files: list[Path], column: str) -> list[Any]:
     """The distinct values of one column over Parquet files (streamed by DuckDB)."""
+    import re
+
     import duckdb
 
+    # an identifier cannot be a bound parameter (and COLUMNS('x') is a regex that would also
+    # match `response_x`): accept a plain name only, quoted
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", column):
+        raise ValueError(f"not a column name: {column!r}")
     con = duckdb.connect()
     try:
         rows = con.execute(
-            "SELECT DISTINCT * FROM (SELECT COLUMNS($column) FROM read_parquet($files, union_by_name = true, "
-            "hive_partitioning = false)) ORDER BY ALL",
-            {"files": [str(f) for f in files], "column": column},
+            f'SELECT DISTINCT "{column}" FROM read_parquet($files, union_by_name = true, '
+            "hive_partitioning = false) ORDER BY 1",
+            {"files": [str(f) for f in files]},
         ).fetchall()
         return [r[0] for r in rows]
     finally:

@@ -93,3 +93,21 @@ def test_damaged_run_is_quarantined_and_nothing_is_published(published, damage) 
     assert not [p for p in data.lake.rglob("*") if f"run_id={run_id}" in str(p)]
     assert build(data) == counts
     assert fetch(data, "SELECT DISTINCT run_id FROM samples") == [{"run_id": "good-run"}]
+
+
+def test_publish_counts_and_copies_each_row_once(tmp_path: Path) -> None:
+    """Publishing reports the rows it wrote, and they are the staged rows, once each (the
+    labels carry `language` beside `response_language`: a split by one must not see the other)."""
+    study = write_recorded_study(tmp_path / "s", recorded_rows(), name="once")
+    ctx = stages.context(study, "once-1", tmp_path / "data")
+    stages.prepare(ctx)
+    stages.sample(ctx)
+    stages.label(ctx)
+    stages.validate(ctx)
+    counts = stages.publish(ctx)
+    assert counts["samples"] == counts["labels"] == len(recorded_rows())
+    lake = DataDir(tmp_path / "data").lake
+    for name in ("samples", "labels"):
+        files = sorted((lake / name).rglob("*.parquet"))
+        assert sum(pq.read_metadata(f).num_rows for f in files) == len(recorded_rows())
+        assert len({f.parent for f in files}) == len(files)  # one file per language folder

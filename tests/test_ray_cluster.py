@@ -25,8 +25,9 @@ def _free_port() -> int:
 
 def test_sampling_on_a_two_node_cluster(tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     port, dash = _free_port(), _free_port()
+    ray_tmp = f"/tmp/refusals-ray-{port}"  # short: Ray's socket paths live under it
     env = {**os.environ, "RAY_PORT": str(port), "RAY_DASHBOARD_PORT": str(dash), "RAY_AUTH_MODE": "disabled",
-           "RAY": str(Path(sys.executable).parent / "ray")}
+           "RAY": str(Path(sys.executable).parent / "ray"), "RAY_TMP": ray_tmp}
     script = REPO / "infra" / "local-cluster.sh"
     up = subprocess.run([str(script), "start"], env=env, capture_output=True, text=True, timeout=180)
     assert up.returncode == 0, up.stderr[-2000:]
@@ -75,5 +76,11 @@ def test_sampling_on_a_two_node_cluster(tmp_path: Path, tiny_model: Path, monkey
             submit_and_wait(f"http://127.0.0.1:{dash}",
                             stage_entrypoint("sample", str(tmp_path / "missing.yaml"), "jobs-2", str(data2)),
                             poll_s=1)
+
+        # stop takes down this cluster's processes and nothing else on the machine
+        down = subprocess.run([str(script), "stop"], env=env, capture_output=True, text=True, timeout=120)
+        assert down.returncode == 0, down.stderr
+        left = subprocess.run(["pgrep", "-f", ray_tmp], capture_output=True, text=True)
+        assert left.stdout.strip() == "", left.stdout
     finally:
         subprocess.run([str(script), "stop"], env=env, capture_output=True, timeout=120)
