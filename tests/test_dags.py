@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -368,3 +369,33 @@ def test_weekly_report_dag_reports_the_published_week(scheduled_week) -> None:
     con = duckdb.connect(str(data / "warehouse.duckdb"), read_only=True)
     assert con.execute("SELECT count(*) FROM samples").fetchone()[0] == 12 + 50
     con.close()
+
+
+@pytest.mark.slow
+def test_a_run_that_fails_validation_fails_the_dag_and_touches_nothing(tmp_path: Path) -> None:
+    """Write, audit, publish under Airflow: a run whose error rate is above the study's bound
+    fails the validate task, waits in quarantine with its summary, and neither the lake, the
+    warehouse nor a report sees it."""
+    rows = [{"model": "flaky", "prompt": f"Question {i}?", "response": None if i % 2 else "An answer.",
+             "error": "HTTP 503" if i % 2 else None, "language": "en"} for i in range(20)]
+    source = tmp_path / "flaky.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    study = write_study(tmp_path / "study.yaml", name="flaky",
+                        recorded=[{"path": str(source), "deployment": "api", "format": "generic"}],
+                        validation={"max_error_rate": 0.05})
+    env = _airflow_env(tmp_path / "airflow")
+    _airflow(env, "db", "migrate", timeout=300)
+    data = tmp_path / "data"
+    conf = json.dumps({"study": str(study), "data_dir": str(data), "run_id": "flaky-1"})
+    out = subprocess.run([sys.executable, "-m", "airflow", "dags", "test", "refusal_study", "--conf", conf],
+                         env=env, capture_output=True, text=True, timeout=900, cwd=REPO)
+    log = out.stdout + out.stderr
+    assert "failed validation" in log and "error_rate" in log
+    assert "new_state=failed" in log, log[-3000:]  # the validate task failed, loudly
+    assert re.search(r"DagRun Finished: dag_id=refusal_study[^\n]*state=failed", log), log[-3000:]
+    assert "published run" not in log
+    summary = (data / "quarantine" / "flaky-1" / "validation.md").read_text(encoding="utf-8")
+    assert "error_rates: FAILED" in summary and "model=flaky" in summary
+    assert (data / "validation" / "flaky-1" / "index.html").exists()
+    assert not list((data / "lake").rglob("*.parquet")) if (data / "lake").exists() else True
+    assert not (data / "warehouse.duckdb").exists() and not (data / "reports").exists()
