@@ -309,3 +309,20 @@ def test_nothing_unsure_means_no_judge_connection(tmp_path: Path) -> None:
     assert label_run(ctx.staging, cfg) == 3
     agreement = json.loads((ctx.staging / "judge_agreement.json").read_text())
     assert agreement["asked"] == 0
+
+
+@pytest.mark.slow
+def test_vllm_judge_runs_a_real_engine(tiny_model: Path, tmp_path: Path) -> None:
+    """The `vllm` judge path with a real in-process vLLM engine (the tiny random test model:
+    its verdicts are noise, so this checks the plumbing, not the judgement): the four unsure
+    rows are asked and recorded, and a row without a parseable verdict keeps its rule label."""
+    judge = {"name": "tiny-judge", "backend": "vllm", "model_path": str(tiny_model), "max_tokens": 8,
+             "engine": {"max_model_len": 2048, "kv_cache_memory_bytes": 64 * 2**20, "batch_size": 4}}
+    rows, staging = _labels(tmp_path, judge)
+    unsure = [r for r in rows if r["model"] == "m-unsure"]
+    assert len(unsure) == 4 and all(r["judge_version"] == f"{JUDGE_PROMPT_VERSION}:tiny-judge@judge" for r in unsure)
+    for r in unsure:
+        assert r["label"] == (r["judge_label"] or r["rule_label"])
+    assert all(r["judge_version"] is None for r in rows if r["model"] == "m-sure")
+    agreement = json.loads((staging / "judge_agreement.json").read_text())
+    assert agreement["asked"] == 4 and agreement["answered"] + agreement["no_label"] == 4
