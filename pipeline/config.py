@@ -397,9 +397,12 @@ def load_study(path: str | Path) -> LoadedStudy:
                     f" (known: {', '.join('builtin:' + k for k in BUILTIN_MODELS)})"
                 )
 
-    canonical = json.dumps(
-        {"study": study.model_dump(mode="json"), "catalog": catalog.source}, sort_keys=True
-    )
+    dumped = study.model_dump(mode="json")
+    if dumped.get("judge") is None:
+        # added after runs were already in flight: a study without a judge keeps the hash it
+        # had before the field existed, so those runs still resume
+        dumped.pop("judge", None)
+    canonical = json.dumps({"study": dumped, "catalog": catalog.source}, sort_keys=True)
     return LoadedStudy(
         study=study, path=path, catalog=catalog, study_hash=hashlib.sha256(canonical.encode()).hexdigest()[:16]
     )

@@ -281,3 +281,21 @@ def test_repo_catalog_loads() -> None:
     assert len(cat.topics) >= 10
     assert {"direct"} <= {t.id for t in cat.templates}
     assert {"none"} <= {s.id for s in cat.system_prompts}
+
+
+def test_study_hash_ignores_an_absent_judge(tmp_path) -> None:
+    """Runs started before the `judge` field existed still resume: a study without a judge
+    hashes as it did then, whether the field is left out or null; a configured judge counts."""
+    import yaml
+
+    from pipeline.config import load_study
+    from tests.conftest import write_study
+
+    model = {"name": "m", "deployment": "api", "backend": "openai", "base_url": "http://127.0.0.1:9/v1"}
+    plain = load_study(write_study(tmp_path / "a.yaml", models=[model])).study_hash
+    data = yaml.safe_load((tmp_path / "a.yaml").read_text())
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump({**data, "judge": None}))
+    assert load_study(tmp_path / "b.yaml").study_hash == plain
+    judged = {**data, "judge": {"name": "j", "backend": "openai", "base_url": "http://127.0.0.1:9/v1"}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(judged))
+    assert load_study(tmp_path / "c.yaml").study_hash != plain
