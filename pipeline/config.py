@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import UserError
-from pipeline.paths import REPO_ROOT, resolve
+from pipeline.paths import resolve, resource_dir
 
 # ISO 639-1 codes (two letters). The list is closed on purpose: a typo such as `jp` or
 # `cn` must fail early rather than create an empty cell in every mart.
@@ -457,4 +457,4 @@ def selected_topics(study: Study, catalog: Catalog) -> list[Topic]:
     return out
 
 
-REPO_CATALOG = REPO_ROOT / "catalog"
+REPO_CATALOG = resource_dir("catalog")

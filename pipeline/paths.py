@@ -13,6 +13,18 @@ from urllib.parse import quote
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+def resource_dir(name: str) -> Path:
+    """A folder of the project's own files (`sql`, `expectations`, `catalog`): the repository's
+    in a checkout or an editable install, else where a wheel install put it
+    (`<prefix>/share/refusals/<name>`)."""
+    here = REPO_ROOT / name
+    if here.is_dir():
+        return here
+    import sysconfig
+
+    return Path(sysconfig.get_path("data")) / "share" / "refusals" / name
+
+
 def shared_data_dir() -> Path:
     """The public labelled data (`../shared/data` beside the repository, or $REFUSALS_SHARED_DATA)."""
     return Path(os.environ.get("REFUSALS_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))

@@ -20,11 +20,11 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import ValidationFailed
 from pipeline.lake import parquet_files, read_folder, write_json_atomic
-from pipeline.paths import REPO_ROOT
+from pipeline.paths import resource_dir
 
 log = logging.getLogger(__name__)
 
-EXPECTATIONS_DIR = REPO_ROOT / "expectations"
+EXPECTATIONS_DIR = resource_dir("expectations")
 
 
 @dataclass

@@ -18,11 +18,11 @@ import re
 from typing import Any
 
 from pipeline.lake import parquet_files
-from pipeline.paths import REPO_ROOT, DataDir, partition_value
+from pipeline.paths import DataDir, partition_value, resource_dir
 
 log = logging.getLogger(__name__)
 
-SQL_DIR = REPO_ROOT / "sql"
+SQL_DIR = resource_dir("sql")
 PER_RUN = ("runs", "prompts", "samples", "labels")  # loaded from the lake, in this order
 MARTS = ("prompt_stats",)  # per run, from the tables above
 GLOBAL = ("prompt_weeks", "refusal_rates", "comparisons")  # per week, from the per-run marts
