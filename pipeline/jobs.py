@@ -17,9 +17,17 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
+def job_python(python: str | None = None) -> str:
+    """The interpreter a Ray job runs on the cluster: given, else $REFUSALS_RAY_PYTHON (set it
+    when the cluster's image has Python elsewhere than the submitting machine), else this one."""
+    import os
+
+    return python or os.environ.get("REFUSALS_RAY_PYTHON") or sys.executable
+
+
 def stage_entrypoint(stage: str, study: str, run_id: str, data_dir: str | None, python: str | None = None) -> str:
     """The command a Ray job runs for one stage."""
-    args = [python or sys.executable, "-m", "pipeline"]
+    args = [job_python(python), "-m", "pipeline"]
     if data_dir:
         args += ["--data-dir", data_dir]
     args += ["stage", stage, "--study", study, "--run-id", run_id]

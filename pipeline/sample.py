@@ -435,9 +435,10 @@ def unit_entrypoint(study: str, run_id: str, data_dir: str | None, unit: SampleU
                     python: str | None = None) -> str:
     """The command a Ray job runs for one unit (`python -m pipeline.sample ...`)."""
     import shlex
-    import sys
 
-    args = [python or sys.executable, "-m", "pipeline.sample", "--study", study, "--run-id", run_id,
+    from pipeline.jobs import job_python
+
+    args = [job_python(python), "-m", "pipeline.sample", "--study", study, "--run-id", run_id,
             "--deployment", unit.deployment, "--shard", str(unit.shard), "--shards", str(unit.shards)]
     if unit.model is not None:
         args += ["--model", unit.model]

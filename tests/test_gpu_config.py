@@ -59,3 +59,20 @@ def test_infra_files_parse(name: str) -> None:
         assert workers[0]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]
     else:
         assert doc["available_node_types"]["gpu_worker"]["resources"]["GPU"] >= 1
+
+
+def test_ray_job_commands_use_the_cluster_python(monkeypatch) -> None:
+    """A Ray job runs on the cluster, whose image may keep Python elsewhere than the machine
+    that submits: $REFUSALS_RAY_PYTHON names it (else the submitting interpreter)."""
+    import shlex
+    import sys
+
+    from pipeline.jobs import stage_entrypoint
+    from pipeline.sample import SampleUnit, unit_entrypoint
+
+    monkeypatch.delenv("REFUSALS_RAY_PYTHON", raising=False)
+    assert shlex.split(stage_entrypoint("sample", "s.yaml", "r", None))[0] == sys.executable
+    monkeypatch.setenv("REFUSALS_RAY_PYTHON", "/opt/conda/bin/python")
+    assert shlex.split(stage_entrypoint("sample", "s.yaml", "r", "/lake"))[:3] == ["/opt/conda/bin/python", "-m", "pipeline"]
+    unit = shlex.split(unit_entrypoint("s.yaml", "r", None, SampleUnit("dep", "m", 1, 2)))
+    assert unit[:3] == ["/opt/conda/bin/python", "-m", "pipeline.sample"] and unit[unit.index("--shard") + 1] == "1"
