@@ -232,11 +232,10 @@ class EngineOptions(_Strict):
         return self
 
 
-class ModelSpec(_Strict):
-    """One model in one deployment, sampled live."""
+class _Served(_Strict):
+    """How a model is reached: an in-process vLLM engine or an OpenAI-compatible endpoint
+    (shared by the models of a study and its LLM judge)."""
 
-    name: str = Field(min_length=1, description="model name as it appears in the marts")
-    deployment: Slug
     backend: Literal["vllm", "openai"]
     # vllm: a Hugging Face folder, or `builtin:smollm2` for the packaged demo model
     model_path: str | None = None
@@ -248,7 +247,7 @@ class ModelSpec(_Strict):
     concurrency: int = Field(4, ge=1, le=256)
 
     @model_validator(mode="after")
-    def _backend_fields(self) -> "ModelSpec":
+    def _backend_fields(self):
         if self.backend == "vllm" and not self.model_path:
             raise ValueError("backend 'vllm' needs 'model_path' (a folder, or builtin:smollm2)")
         if self.backend == "openai" and not self.base_url:
@@ -256,32 +255,22 @@ class ModelSpec(_Strict):
         return self
 
 
-class JudgeConfig(_Strict):
+class ModelSpec(_Served):
+    """One model in one deployment, sampled live."""
+
+    name: str = Field(min_length=1, description="model name as it appears in the marts")
+    deployment: Slug
+
+
+class JudgeConfig(_Served):
     """An LLM judge asked, through a sampling backend, about responses the rule tier is unsure of."""
 
     enabled: bool = True
     name: str = Field(min_length=1, description="judge model name, recorded in judge_version")
     deployment: Slug = "judge"
-    backend: Literal["vllm", "openai"]
-    # vllm: a Hugging Face folder, or `builtin:smollm2`
-    model_path: str | None = None
-    engine: EngineOptions = EngineOptions()
-    # openai: the endpoint, the model id it expects and where the key comes from
-    base_url: str | None = None
-    api_model: str | None = None
-    api_key_env: str | None = None
-    concurrency: int = Field(4, ge=1, le=256)
     prompt_version: Literal["judge-v1"] = "judge-v1"
     max_calls: int | None = Field(None, ge=0, description="at most this many judge requests per run (None: no limit)")
     max_tokens: int = Field(512, ge=1, le=32768)
-
-    @model_validator(mode="after")
-    def _backend_fields(self) -> "JudgeConfig":
-        if self.backend == "vllm" and not self.model_path:
-            raise ValueError("backend 'vllm' needs 'model_path' (a folder, or builtin:smollm2)")
-        if self.backend == "openai" and not self.base_url:
-            raise ValueError("backend 'openai' needs 'base_url'")
-        return self
 
 
 class RecordedSource(_Strict):
