@@ -17,7 +17,8 @@ REPO = Path(__file__).resolve().parent.parent
 def test_wheel_holds_sql_suites_catalog_and_templates(tmp_path: Path) -> None:
     import shutil
 
-    # build from a copy of the tracked files: a build in the checkout would leave build/ behind
+    # build from a copy of the tracked files (a build in the checkout would leave build/ behind),
+    # in an isolated build environment as `make` installs the project (pip fetches setuptools)
     src = tmp_path / "src"
     files = subprocess.run(["git", "-C", str(REPO), "ls-files"], capture_output=True, text=True, check=True)
     for name in files.stdout.splitlines():
@@ -25,7 +26,7 @@ def test_wheel_holds_sql_suites_catalog_and_templates(tmp_path: Path) -> None:
             (src / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, src / name)
     out = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet",
          "--wheel-dir", str(tmp_path), str(src)],
         capture_output=True, text=True, timeout=300,
     )
