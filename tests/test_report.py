@@ -14,7 +14,6 @@ logging.getLogger("great_expectations").setLevel(logging.WARNING)
 
 import pytest
 
-from pipeline import run as stages
 from pipeline.errors import UserError
 from pipeline.paths import DataDir
 from pipeline.report import EXAMPLE_CHARS, write_report
@@ -195,8 +194,7 @@ def two_week_rows(deployment: str, week: int) -> list[dict]:
 def build_two_weeks(root: Path) -> DataDir:
     """A warehouse of two weeks (2026-W47, 2026-W48), each with one run per deployment of a recorded
     study, through every stage as `refusals run` does; run `app-2` has a validation summary page
-    (a stand-in unless the validate stage wrote one).
-    (One run per deployment: two recorded sources of one study may not share prompts.)"""
+    (a stand-in unless the validate stage wrote one)."""
     for week, run_date in enumerate(WEEKS.values(), start=1):
         for dep in ("api", "app"):
             folder = root / f"studies-{dep}-{week}"
@@ -209,12 +207,7 @@ def build_two_weeks(root: Path) -> DataDir:
                 "name": f"two-{dep}", "catalog": str(Path(__file__).resolve().parent.parent / "catalog"),
                 "languages": ["en", "zh"], "recorded": [{"path": str(src), "deployment": dep, "format": "generic"}],
             }), encoding="utf-8")
-            ctx = stages.context(study, f"{dep}-{week}", root / "data")
-            stages.prepare(ctx, run_date=run_date)
-            stages.sample(ctx)
-            stages.label(ctx)
-            stages.validate(ctx)
-            stages.publish(ctx)
+            publish_run(study, root / "data", f"{dep}-{week}", run_date=run_date)
     data = DataDir(root / "data")
     summary = data.root / "validation" / "app-2" / "index.html"
     if not summary.exists():  # the validate stage may write it already

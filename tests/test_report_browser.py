@@ -294,6 +294,7 @@ def speechmap_report(root: Path) -> Path:
     from pipeline.paths import REPO_ROOT, DataDir
     from pipeline.report import write_report
     from pipeline.warehouse import build
+    from tests.test_warehouse import publish_run
 
     root.mkdir(parents=True, exist_ok=True)
     study = root / "speechmap.yaml"
@@ -305,14 +306,8 @@ def speechmap_report(root: Path) -> Path:
         "validation": {"max_error_rate": 0.05},
     }), encoding="utf-8")
     for run_id, run_date in (("speechmap-2026-W47", date(2026, 11, 20)), ("speechmap-2026-W48", date(2026, 11, 27))):
-        ctx = stages.context(study, run_id, root / "data")
-        if stages.skip_published(ctx, force=False):
-            continue
-        stages.prepare(ctx, run_date=run_date)
-        stages.sample(ctx)
-        stages.label(ctx)
-        stages.validate(ctx)
-        stages.publish(ctx)
+        if not stages.skip_published(stages.context(study, run_id, root / "data"), force=False):
+            publish_run(study, root / "data", run_id, run_date=run_date)
     data = DataDir(root / "data")
     build(data)
     return write_report(data, week="2026-W48")["html"]

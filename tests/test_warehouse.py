@@ -77,10 +77,11 @@ def write_recorded_study(folder: Path, rows: list[dict], name: str = "wh") -> Pa
     return study
 
 
-def publish_run(study: Path, data: Path, run_id: str) -> stages.RunContext:
-    """Every stage up to publish, as `refusals run` does, without an engine."""
+def publish_run(study: Path, data: Path, run_id: str, run_date=None) -> stages.RunContext:
+    """Every stage up to publish, as `refusals run` does, without an engine (`run_date` places
+    the run in another week)."""
     ctx = stages.context(study, run_id, data)
-    stages.prepare(ctx)
+    stages.prepare(ctx, run_date=run_date)
     stages.sample(ctx)
     stages.label(ctx)
     stages.validate(ctx)
