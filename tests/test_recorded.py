@@ -303,3 +303,35 @@ def test_generic_required_column_absent_from_first_row_only(tmp_path: Path) -> N
     _, rows = load_recorded(generic(), path, "t")
     assert [r["response_text"] for r in rows] == [None, "ok"]
     assert rows[0]["error"] == "timeout"
+
+
+@pytest.mark.parametrize(
+    "row, needle",
+    [
+        ({"model": "m", "prompt": "p", "response": "r", "language": "klingon"}, "row 2: field 'language'"),
+        ({"model": "m", "prompt": "p", "response": "r", "rep": "one"}, "row 2: field 'rep'"),
+        ({"model": "m", "prompt": "p", "response": "r", "rep": -1}, "row 2: field 'rep'"),
+        ({"model": "m", "prompt": "p", "response": "r", "label": "maybe"}, "row 2: field 'label'"),
+    ],
+)
+def test_bad_recorded_rows_name_file_row_and_field(tmp_path, row, needle):
+    import json as _json
+
+    from pipeline.backends.recorded import _generic_rows, _read_any
+
+    f = tmp_path / "rec.jsonl"
+    good = {"model": "m", "prompt": "q", "response": "r", "language": "en"}
+    f.write_text(_json.dumps(good) + "\n" + _json.dumps(row) + "\n", encoding="utf-8")
+    with pytest.raises(UserError) as err:
+        _generic_rows(_read_any(f), f)
+    assert str(f) in str(err.value) and needle in str(err.value)
+
+
+def test_non_utf8_recorded_file_names_file_and_line(tmp_path):
+    from pipeline.backends.recorded import _read_any
+
+    f = tmp_path / "rec.jsonl"
+    f.write_bytes(b'{"model": "m", "prompt": "q", "response": "r"}\n{"model": "\xff\xfe"}\n')
+    with pytest.raises(UserError) as err:
+        _read_any(f)
+    assert str(f) in str(err.value) and "line 2" in str(err.value) and "UTF-8" in str(err.value)

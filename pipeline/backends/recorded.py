@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.backends.base import split_reasoning
-from pipeline.config import RecordedSource
+from pipeline.config import ISO_639_1, RecordedSource
 from pipeline.errors import UserError
 from pipeline.prompts import PROMPT_SCHEMA, prompt_row
 
@@ -55,8 +55,13 @@ def _read_any(path: Path) -> pa.Table:
             raise UserError(f"{path}: cannot read as Parquet: {exc}") from None
     if path.suffix in (".jsonl", ".json"):
         rows = []
-        with path.open(encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
+        try:
+            lines = path.read_bytes().decode("utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            line_no = path.read_bytes()[: exc.start].count(b"\n") + 1
+            raise UserError(f"{path}: line {line_no}: not valid UTF-8 text (binary file?)") from None
+        if True:
+            for n, line in enumerate(lines, 1):
                 if line.strip():
                     try:
                         rows.append(json.loads(line))
@@ -104,6 +109,38 @@ def _speechmap_rows(table: pa.Table, path: Path) -> list[dict]:
     return out
 
 
+_TEXT_FIELDS = ("model", "prompt", "response", "language", "topic", "topic_group", "question_id",
+                "reasoning", "finish_reason", "error", "streamed_text", "label")
+_LABELS = ("complied", "refused", "evasive", "error")
+
+
+def _check_generic_row(r: dict, path: Path, row: int) -> None:
+    """A recorded row is checked like a study field: the file, the row and the field are named."""
+    where = f"{path}: row {row}"
+    for field in _TEXT_FIELDS:
+        v = r.get(field)
+        if v is None:
+            continue
+        if not isinstance(v, str):
+            raise UserError(f"{where}: field '{field}': expected text, got {type(v).__name__}")
+        if "\x00" in v:
+            raise UserError(f"{where}: field '{field}': contains a NUL byte (binary data?)")
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UserError(f"{where}: field '{field}': not valid UTF-8 text") from None
+    lang = r.get("language")
+    if lang is not None and lang != "und" and lang not in ISO_639_1:
+        raise UserError(f"{where}: field 'language': unknown language code {lang!r}: use ISO 639-1 (e.g. en, zh) or 'und'")
+    rep = r.get("rep")
+    if rep is not None and (isinstance(rep, bool) or not isinstance(rep, int) or rep < 0):
+        if not (isinstance(rep, float) and rep.is_integer() and rep >= 0):
+            raise UserError(f"{where}: field 'rep': expected a non-negative integer, got {rep!r}")
+    label = r.get("label")
+    if label is not None and label not in _LABELS:
+        raise UserError(f"{where}: field 'label': {label!r} is not one of {', '.join(_LABELS)}")
+
+
 def _generic_rows(table: pa.Table, path: Path) -> list[dict]:
     missing = [c for c in GENERIC_REQUIRED if c not in table.column_names]
     if missing:
@@ -113,6 +150,7 @@ def _generic_rows(table: pa.Table, path: Path) -> list[dict]:
     for i, r in enumerate(table.to_pylist()):
         if not r.get("model") or not r.get("prompt"):
             raise UserError(f"{path}: row {i + 1}: 'model' and 'prompt' must be non-empty")
+        _check_generic_row(r, path, i + 1)
         lang = r.get("language") or "und"
         visible, think = split_reasoning(r.get("response"))
         key = (r["model"], r["prompt"])
