@@ -51,7 +51,10 @@ def cmd_stage(args: argparse.Namespace) -> int:
         "warehouse": stages.warehouse,
         "report": stages.report,
     }[args.stage]
-    result = fn(ctx)
+    from pipeline.locks import run_lock
+
+    with run_lock(ctx.data, ctx.run_id):  # one writer per run id (sampling units, run in parallel, take none)
+        result = fn(ctx)
     print(json.dumps(result, default=str, indent=1) if not isinstance(result, int) else result)
     return 0
 

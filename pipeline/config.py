@@ -386,7 +386,7 @@ def load_study(path: str | Path) -> LoadedStudy:
                     f" (known: {', '.join('builtin:' + k for k in BUILTIN_MODELS)})"
                 )
 
-    dumped = study.model_dump(mode="json")
+    dumped = _measured(study.model_dump(mode="json"))
     if dumped.get("judge") is None:
         # added after runs were already in flight: a study without a judge keeps the hash it
         # had before the field existed, so those runs still resume
@@ -395,6 +395,27 @@ def load_study(path: str | Path) -> LoadedStudy:
     return LoadedStudy(
         study=study, path=path, catalog=catalog, study_hash=hashlib.sha256(canonical.encode()).hexdigest()[:16]
     )
+
+
+# How a run is executed, not what it measures: changing these resumes the same run.
+EXECUTION_FIELDS = ("replicas", "batch_size", "cpus_per_replica", "gpus_per_replica",
+                    "gpu_memory_utilization", "kv_cache_memory_bytes")
+SERVED_EXECUTION_FIELDS = ("concurrency",)
+
+
+def _measured(dumped: dict[str, Any]) -> dict[str, Any]:
+    """The study as hashed: without execution settings (ray_address, engine replicas, batch size,
+    cpus/gpus per replica, memory knobs, HTTP concurrency)."""
+    dumped.pop("ray_address", None)
+    served = list(dumped.get("models") or [])
+    if dumped.get("judge"):
+        served.append(dumped["judge"])
+    for m in served:
+        for f in SERVED_EXECUTION_FIELDS:
+            m.pop(f, None)
+        for f in EXECUTION_FIELDS:
+            (m.get("engine") or {}).pop(f, None)
+    return dumped
 
 
 def _check_references(path: Path, study: Study, catalog: Catalog) -> None:

@@ -412,7 +412,14 @@ def skip_published(ctx: RunContext, force: bool) -> bool:
 def run_all(study_path: str | Path, run_id: str | None = None, data_dir: str | Path | None = None,
             force: bool = False) -> dict[str, Any]:
     """All stages for one study in this process (what `refusals run` does)."""
+    from pipeline.locks import run_lock
+
     ctx = context(study_path, run_id, data_dir)
+    with run_lock(ctx.data, ctx.run_id):
+        return _run_all(ctx, force)
+
+
+def _run_all(ctx: RunContext, force: bool) -> dict[str, Any]:
     if skip_published(ctx, force):
         return {"run_id": ctx.run_id, "skipped": True, "warehouse": str(ctx.data.warehouse)}
     prepare(ctx)

@@ -169,6 +169,14 @@ def load_run(con: Any, data: DataDir, run_id: str) -> None:
 
 
 def build(data: DataDir, run_ids: list[str] | None = None, rebuild: bool = False) -> dict[str, int]:
+    """`_build` with one load at a time (a flock on data/locks/warehouse.lock, bounded wait)."""
+    from pipeline.locks import warehouse_lock
+
+    with warehouse_lock(data):
+        return _build(data, run_ids, rebuild)
+
+
+def _build(data: DataDir, run_ids: list[str] | None = None, rebuild: bool = False) -> dict[str, int]:
     """Load the given runs (default: those not yet loaded; all with `rebuild`) and rebuild
     the global marts. Returns row counts of every table."""
     con = connect(data)
@@ -184,7 +192,7 @@ def build(data: DataDir, run_ids: list[str] | None = None, rebuild: bool = False
             log.warning("warehouse: the SQL of %s changed since this file was built; rebuilding it from the lake",
                         ", ".join(sorted(stale & set(PER_RUN))))
             con.close()
-            return build(data, rebuild=True)
+            return _build(data, rebuild=True)
         if stale and not rebuild:
             log.warning("warehouse: the SQL of %s changed since this file was built; recomputing the marts",
                         ", ".join(sorted(stale)))

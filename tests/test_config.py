@@ -299,3 +299,24 @@ def test_study_hash_ignores_an_absent_judge(tmp_path) -> None:
     judged = {**data, "judge": {"name": "j", "backend": "openai", "base_url": "http://127.0.0.1:9/v1"}}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(judged))
     assert load_study(tmp_path / "c.yaml").study_hash != plain
+
+
+def test_study_hash_ignores_execution_settings(tmp_path) -> None:
+    """The hash covers what a run measures, not how it is executed: replicas, batch size,
+    cpus/gpus per replica, concurrency and the Ray address resume the same run; sampling
+    settings and the seed do not."""
+    from tests.conftest import write_study
+
+    model = {"name": "m", "deployment": "local", "backend": "vllm", "model_path": "builtin:smollm2"}
+    base = load_study(write_study(tmp_path / "a.yaml", models=[model])).study_hash
+    executed = {**model, "concurrency": 16,
+                "engine": {"replicas": 3, "batch_size": 8, "cpus_per_replica": 2, "gpus_per_replica": 0}}
+    same = load_study(write_study(tmp_path / "b.yaml", models=[executed], ray_address="ray://head:10001"))
+    assert same.study_hash == base
+    for i, extra in enumerate([
+        {"sampling": {"temperature": 0.2, "top_p": 0.95, "max_tokens": 12}},
+        {"sampling": {"temperature": 0.8, "top_p": 0.95, "max_tokens": 17}},
+        {"seed": 8},
+    ]):
+        other = load_study(write_study(tmp_path / f"c{i}.yaml", models=[model], **extra)).study_hash
+        assert other != base, extra
