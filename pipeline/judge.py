@@ -283,7 +283,9 @@ def run_judge(items: Iterable[tuple[str | None, str]], cfg: JudgeConfig, backend
         except UserError:  # a configuration error (e.g. no API key) must be fixed, not skipped
             raise
         except Exception as exc:  # a broken backend leaves the rule labels in place
-            answers = [(None, f"{type(exc).__name__}: {exc}")] * len(part)
+            from pipeline.scrub import scrub
+
+            answers = [(None, scrub(f"{type(exc).__name__}: {exc}"))] * len(part)
         for text, error in answers:
             out.append(Verdict(None if error else parse_verdict(text), text, error))
         if answers and all(error for _, error in answers) and i + batch < len(items):

@@ -27,6 +27,7 @@ import pyarrow as pa
 from pipeline.backends.base import Request, SamplingSettings, error_result, split_reasoning
 from pipeline.config import LoadedStudy, ModelSpec
 from pipeline.errors import UserError
+from pipeline.scrub import scrub
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ class OpenAIClient:
         self.stream = stream
         headers = {"Content-Type": "application/json"}
         key = api_key(spec)
+        self._secrets = (key,) if key else ()
         if key:
             headers["Authorization"] = f"Bearer {key}"
         limits = httpx.Limits(max_connections=spec.concurrency, max_keepalive_connections=spec.concurrency)
@@ -177,7 +179,7 @@ class OpenAIClient:
             if attempt < self.max_retries:
                 cap = min(self.backoff_cap_s, self.backoff_base_s * 2**attempt)
                 time.sleep(retry_after if retry_after is not None else random.uniform(0, cap))
-        return error_result(req, last)
+        return error_result(req, scrub(last, self._secrets))
 
 
 class StreamError(Exception):
