@@ -25,6 +25,7 @@ from typing import Any, Iterable, Protocol, Sequence
 
 from pipeline.config import JudgeConfig
 from pipeline.errors import UserError
+from pipeline.scrub import scrub
 
 log = logging.getLogger(__name__)
 
@@ -283,8 +284,6 @@ def run_judge(items: Iterable[tuple[str | None, str]], cfg: JudgeConfig, backend
         except UserError:  # a configuration error (e.g. no API key) must be fixed, not skipped
             raise
         except Exception as exc:  # a broken backend leaves the rule labels in place
-            from pipeline.scrub import scrub
-
             answers = [(None, scrub(f"{type(exc).__name__}: {exc}"))] * len(part)
         for text, error in answers:
             out.append(Verdict(None if error else parse_verdict(text), text, error))

@@ -335,3 +335,11 @@ def test_non_utf8_recorded_file_names_file_and_line(tmp_path):
     with pytest.raises(UserError) as err:
         _read_any(f)
     assert str(f) in str(err.value) and "line 2" in str(err.value) and "UTF-8" in str(err.value)
+
+
+def test_jsonl_line_separator_inside_a_string_stays_one_row(tmp_path):
+    from pipeline.backends.recorded import _read_any
+
+    f = tmp_path / "rec.jsonl"
+    f.write_text('{"model": "m", "prompt": "q", "response": "a\u2028b"}\n', encoding="utf-8")
+    assert _read_any(f).to_pylist()[0]["response"] == "a\u2028b"

@@ -55,20 +55,20 @@ def _read_any(path: Path) -> pa.Table:
             raise UserError(f"{path}: cannot read as Parquet: {exc}") from None
     if path.suffix in (".jsonl", ".json"):
         rows = []
+        raw = path.read_bytes()
         try:
-            lines = path.read_bytes().decode("utf-8").splitlines()
+            lines = raw.decode("utf-8").split("\n")  # not splitlines(): JSON strings may hold U+2028
         except UnicodeDecodeError as exc:
-            line_no = path.read_bytes()[: exc.start].count(b"\n") + 1
+            line_no = raw[: exc.start].count(b"\n") + 1
             raise UserError(f"{path}: line {line_no}: not valid UTF-8 text (binary file?)") from None
-        if True:
-            for n, line in enumerate(lines, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as exc:
-                        raise UserError(f"{path}: line {n}: not valid JSON: {exc.msg}") from None
-                    if not isinstance(rows[-1], dict):
-                        raise UserError(f"{path}: line {n}: expected a JSON object, got {type(rows[-1]).__name__}")
+        for n, line in enumerate(lines, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise UserError(f"{path}: line {n}: not valid JSON: {exc.msg}") from None
+                if not isinstance(rows[-1], dict):
+                    raise UserError(f"{path}: line {n}: expected a JSON object, got {type(rows[-1]).__name__}")
         # Columns are the union over all rows: `from_pylist` alone takes the first row's keys and
         # would silently drop a key (e.g. `error`) that first appears further down.
         columns = list(dict.fromkeys(k for r in rows for k in r))
@@ -133,9 +133,9 @@ def _check_generic_row(r: dict, path: Path, row: int) -> None:
     if lang is not None and lang != "und" and lang not in ISO_639_1:
         raise UserError(f"{where}: field 'language': unknown language code {lang!r}: use ISO 639-1 (e.g. en, zh) or 'und'")
     rep = r.get("rep")
-    if rep is not None and (isinstance(rep, bool) or not isinstance(rep, int) or rep < 0):
-        if not (isinstance(rep, float) and rep.is_integer() and rep >= 0):
-            raise UserError(f"{where}: field 'rep': expected a non-negative integer, got {rep!r}")
+    whole = isinstance(rep, int) and not isinstance(rep, bool) or isinstance(rep, float) and rep.is_integer()
+    if rep is not None and not (whole and rep >= 0):
+        raise UserError(f"{where}: field 'rep': expected a non-negative integer, got {rep!r}")
     label = r.get("label")
     if label is not None and label not in _LABELS:
         raise UserError(f"{where}: field 'label': {label!r} is not one of {', '.join(_LABELS)}")
