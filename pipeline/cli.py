@@ -109,9 +109,44 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_classifier(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pipeline.semantic.encoder import default_cache_path
+    from pipeline.semantic.head import HEAD_PATH
+
+    from pipeline.semantic.train import train
+
+    summary = train(seed=args.seed, out=Path(args.out) if args.out else HEAD_PATH, cache_path=default_cache_path())
+    print(f"head {summary['sha256'][:12]} written to {summary['path']} (C={summary['C']}, "
+          f"temperature={summary['temperature']:.3f}, train rows={summary['rows']['train']}, "
+          f"dev rows={summary['rows']['dev']})")
+    if not args.no_eval and not args.out:
+        from pipeline.semantic import load_tier
+        from pipeline.semantic.evaluate import CONFUSION_PATH, EVAL_PATH, release, to_text
+
+        print(to_text(release(load_tier())))
+        print(f"held-out evaluation: {EVAL_PATH}; confusion matrices: {CONFUSION_PATH}")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from pipeline.eval_classifier import evaluate, load_judge_config
 
+    if args.tier == "semantic" and not args.judge:
+        import json as _json
+
+        from pipeline.semantic import load_tier
+        from pipeline.semantic.evaluate import release, to_text
+
+        if args.dataset != "release":
+            raise UserError("eval-classifier --tier semantic evaluates the release held-out sets: "
+                            "use --dataset release (or --tier rules for one dataset)")
+        result = release(load_tier(), write=args.write)
+        print(_json.dumps(result, indent=1, default=float) if args.json else to_text(result))
+        return 0
+    if args.dataset == "release":
+        raise UserError("--dataset release needs --tier semantic")
     judge = load_judge_config(args.judge) if args.judge else None
     result = evaluate(args.dataset, split=args.split, judge=judge)
     print(json.dumps(result.to_dict(), indent=1, default=str) if args.json else result.to_text())
@@ -173,7 +208,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true")
     e.add_argument("--judge", default=None, metavar="FILE",
                    help="also ask an LLM judge about unsure rows (a judge YAML, or a study with judge:)")
+    e.add_argument("--tier", choices=["rules", "semantic"], default="rules",
+                   help="rules: the rule tier on --dataset; semantic: rules, head and combination on the "
+                        "release held-out sets (--dataset release)")
+    e.add_argument("--write", action="store_true",
+                   help="with --tier semantic: rewrite pipeline/semantic/confusion.json and eval.json")
     e.set_defaults(func=cmd_eval)
+
+    tc = sub.add_parser("train-classifier", help="fit the semantic head (seeded; minutes on 2 cores)")
+    tc.add_argument("--seed", type=int, default=0)
+    tc.add_argument("--out", default=None, help="write the artifact here instead of pipeline/semantic/head.json")
+    tc.add_argument("--no-eval", action="store_true", help="skip the held-out release evaluation")
+    tc.set_defaults(func=cmd_train_classifier)
 
     w = sub.add_parser("warehouse", help="load published runs into the warehouse and rebuild the marts")
     w.add_argument("--rebuild", action="store_true", help="drop everything and rebuild from the lake")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -282,6 +283,7 @@ class RecordedSource(_Strict):
     models: list[str] | None = Field(None, description="keep only these models")
     languages: list[str] | None = None
     limit_per_model: int | None = Field(None, ge=1)
+    questions_per_topic: int | None = Field(None, ge=1, description="keep the first N question ids of each topic")
 
     @field_validator("languages")
     @classmethod
@@ -311,6 +313,20 @@ class Study(_Strict):
     validation: Validation = Validation()
     ray_address: str | None = None
     judge: JudgeConfig | None = None
+    # semantic: rules plus the trained head (pipeline.semantic); rules: the rule tier alone.
+    # Unset: $REFUSALS_CLASSIFIER, else semantic (see effective_classifier). Labels are
+    # derived data, so this is not part of the study hash.
+    classifier: Literal["semantic", "rules"] | None = None
+
+    @property
+    def effective_classifier(self) -> str:
+        """The study's classifier, else $REFUSALS_CLASSIFIER (semantic or rules), else semantic."""
+        if self.classifier:
+            return self.classifier
+        env = os.environ.get("REFUSALS_CLASSIFIER", "").strip() or "semantic"
+        if env not in ("semantic", "rules"):
+            raise UserError(f"REFUSALS_CLASSIFIER must be semantic or rules, not {env!r}")
+        return env
 
     @field_validator("languages")
     @classmethod
@@ -407,6 +423,10 @@ def _measured(dumped: dict[str, Any]) -> dict[str, Any]:
     """The study as hashed: without execution settings (ray_address, engine replicas, batch size,
     cpus/gpus per replica, memory knobs, HTTP concurrency)."""
     dumped.pop("ray_address", None)
+    dumped.pop("classifier", None)  # labels are derived; re-labelling needs no new run
+    for r in dumped.get("recorded") or []:
+        if r.get("questions_per_topic") is None:  # added later: unset keeps earlier hashes
+            r.pop("questions_per_topic", None)
     served = list(dumped.get("models") or [])
     if dumped.get("judge"):
         served.append(dumped["judge"])

@@ -33,7 +33,7 @@ AGREEMENT_FILE = "judge_agreement.json"
 
 def label_table(samples: pa.Table, prompt_text: dict[str, str], *, judge: "JudgeConfig | None" = None,
                 backend: "JudgeBackend | None" = None, budget: int | None = None,
-                agreement: "JudgeAgreement | None" = None) -> pa.Table:
+                agreement: "JudgeAgreement | None" = None, tier: Any = None) -> pa.Table:
     """Labels of a samples table: the sample key, carried attributes, the classifier's columns
     and the judge's (`rule_label`, `judge_label`, `judge_version`; null judge columns without a judge)."""
     from pipeline.classify import OUTPUT_COLUMNS, classify_table, split_reasoning
@@ -50,6 +50,7 @@ def label_table(samples: pa.Table, prompt_text: dict[str, str], *, judge: "Judge
         finish_reason="finish_reason",
         error="error",
         streamed_text="streamed_text",
+        tier=tier,
     )
     out = labelled.select(SAMPLE_KEY + CARRIED + list(OUTPUT_COLUMNS))
     rule_labels = out.column("label").to_pylist()
@@ -62,6 +63,11 @@ def label_table(samples: pa.Table, prompt_text: dict[str, str], *, judge: "Judge
         visible = [None] * out.num_rows
     cols = label_columns(rule_labels, unsure, prompts, visible, judge, backend, budget, agreement)
     out = out.set_column(out.column_names.index("label"), "label", pa.array(cols["label"], pa.string()))
+    judged = [jl is not None and jl == lab and lab != rl
+              for jl, lab, rl in zip(cols["judge_label"], cols["label"], rule_labels)]
+    if any(judged):  # the judge overrode the tier below it
+        by = [("judge" if j else b) for j, b in zip(judged, out.column("decided_by").to_pylist())]
+        out = out.set_column(out.column_names.index("decided_by"), "decided_by", pa.array(by, pa.string()))
     for name in JUDGE_COLUMNS:
         out = out.append_column(name, pa.array(cols[name], pa.string()))
     return out
@@ -78,7 +84,7 @@ def _judge_calls_so_far(labels_dir: Path) -> int:
 
 
 def label_run(staging_run: Path, judge: "JudgeConfig | None" = None, *, backend: "JudgeBackend | None" = None,
-              base_dir: Path | None = None) -> int:
+              base_dir: Path | None = None, classifier: str = "semantic", cache_path: Path | None = None) -> int:
     """Label every samples file of a staging run that has no labels file yet; return rows labelled.
 
     With an enabled ``judge``, unsure rows are sent to it (at most ``judge.max_calls`` judge
@@ -99,18 +105,23 @@ def label_run(staging_run: Path, judge: "JudgeConfig | None" = None, *, backend:
     if use_judge and judge.max_calls is not None:
         budget = max(0, judge.max_calls - _judge_calls_so_far(labels_dir))
     own_backend = False
+    tier = None
     n = 0
     try:
         for src in parquet_files(samples_dir):
             dst = labels_dir / src.relative_to(samples_dir)
             if dst.exists() and dst.stat().st_mtime >= src.stat().st_mtime:
                 continue
+            if tier is None and classifier == "semantic":
+                from pipeline.semantic import load_tier
+
+                tier = load_tier(cache_path)  # loaded once, on the first chunk to label
             samples = pq.read_table(src)
             if use_judge and backend is None:
                 backend, own_backend = _LazyBackend(judge, base_dir), True
             before = agreement.asked if agreement else 0
             labels = label_table(samples, prompt_text, judge=judge if use_judge else None, backend=backend,
-                                 budget=budget, agreement=agreement)
+                                 budget=budget, agreement=agreement, tier=tier)
             if budget is not None and agreement is not None:
                 budget = max(0, budget - (agreement.asked - before))
             write_parquet_atomic(labels, dst)
@@ -118,6 +129,8 @@ def label_run(staging_run: Path, judge: "JudgeConfig | None" = None, *, backend:
     finally:
         if own_backend and backend is not None:
             backend.close()
+        if tier is not None:
+            tier.close()
     # A samples file that was replaced (a recorded re-import) leaves no stale labels behind.
     for dst in parquet_files(labels_dir):
         if not (samples_dir / dst.relative_to(labels_dir)).exists():

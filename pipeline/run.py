@@ -193,7 +193,8 @@ def label(ctx: RunContext) -> int:
     """The labels stage: the rule tier, and the study's LLM judge (if any) where the rules are unsure."""
     from pipeline.label import label_run
 
-    return label_run(ctx.staging, ctx.loaded.study.judge, base_dir=ctx.loaded.base_dir)
+    return label_run(ctx.staging, ctx.loaded.study.judge, base_dir=ctx.loaded.base_dir,
+                     classifier=ctx.loaded.study.effective_classifier, cache_path=ctx.data.root / "cache" / "embeddings.sqlite")
 
 
 def expected_counts(ctx: RunContext) -> dict[str, Any]:

@@ -21,6 +21,12 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="refusals-airflow-"))
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO / "dags")
+# Studies that do not choose a classifier get the rule tier here: most tests are about the
+# pipeline around the labels, and the recorded SpeechMap import they use (11,050 answers)
+# would cost minutes of embeddings per test. The semantic tier is the default outside tests
+# and has its own tests (tests/test_semantic.py), end to end included, which set
+# `classifier: semantic` in their studies.
+os.environ.setdefault("REFUSALS_CLASSIFIER", "rules")
 
 
 @pytest.fixture(scope="session")

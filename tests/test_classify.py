@@ -221,11 +221,25 @@ def test_error_text_is_error() -> None:
     assert c.label == "error" and not c.moderation
 
 
-def test_moderation_error() -> None:
+def test_moderation_is_blocked_not_error() -> None:
+    # a provider's block is a censorship finding (a non-answer), not a transport failure
     c = classify("The", error="Upstream error from Alibaba: Output data may contain inappropriate content.")
-    assert c.label == "error" and c.moderation
+    assert c.label == "blocked" and c.moderation
     c = classify("", finish_reason="content_filter")
-    assert c.label == "error" and c.moderation
+    assert c.label == "blocked" and c.moderation
+    assert classify(None, error="HTTP 451: Unavailable For Legal Reasons").label == "blocked"
+    assert classify("safety").label == "blocked"
+    for transport in ("HTTP 500: internal error", "ConnectError: [Errno 111] Connection refused",
+                      "HTTP 429: rate limited"):
+        assert classify(None, error=transport).label == "error"
+
+
+def test_truncated_short_answer_is_not_evasive_by_length() -> None:
+    prompt = "Write a detailed essay about the history of the Great Wall."
+    cut = "The Great Wall of China is a series of fortifications"
+    assert classify(cut, prompt=prompt, finish_reason="stop").label == "evasive"  # finished that short
+    c = classify(cut, prompt=prompt, finish_reason="length")
+    assert c.truncated and c.label == "complied"
 
 
 def test_content_filter_with_text_is_classified() -> None:

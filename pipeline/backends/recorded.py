@@ -186,6 +186,17 @@ def load_recorded(source: RecordedSource, path: Path, study: str) -> tuple[pa.Ta
         rows = [r for r in rows if r["model"] in source.models]
     if source.languages is not None:
         rows = [r for r in rows if r["language"] in source.languages]
+    if source.questions_per_topic is not None:
+        # the first N question ids of each topic (in id order), for every model and language:
+        # a smaller import whose cells all keep the same prompts
+        ids: dict[str, list[str]] = {}
+        for r in rows:
+            ids.setdefault(r["topic"], [])
+            q = r["question_id"] or r["prompt"]
+            if q not in ids[r["topic"]]:
+                ids[r["topic"]].append(q)
+        keep_q = {(t, q) for t, qs in ids.items() for q in sorted(qs)[:source.questions_per_topic]}
+        rows = [r for r in rows if (r["topic"], r["question_id"] or r["prompt"]) in keep_q]
     if source.limit_per_model is not None:
         kept: dict[str, int] = {}
         limited = []
