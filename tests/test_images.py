@@ -403,3 +403,18 @@ def test_infra_agrees_with_the_images() -> None:
     assert study.startswith(PROJECT_DIR + "/")
     rel = study.removeprefix(PROJECT_DIR + "/")
     assert (REPO / rel).is_file() and not _ignored(rel, _dockerignore())
+
+
+def test_run_steps_are_valid_shell_and_python() -> None:
+    """Every RUN is a /bin/sh command line that parses (`sh -n`), and every inline `python -c`
+    program compiles: what a build would hit first, checked without building."""
+    import subprocess
+
+    for stem, df in _dockerfiles().items():
+        for i in df.all("RUN"):
+            script = df.expand(i.args)
+            r = subprocess.run(["sh", "-n", "-c", script], capture_output=True, text=True)
+            assert r.returncode == 0, (stem, i.line, r.stderr)
+            for word in shlex.split(script):
+                if word.startswith(("import ", "from ")):
+                    compile(word, f"{stem}:{i.line}", "exec")
