@@ -58,8 +58,8 @@ RUN pip install --no-deps --no-build-isolation -e /opt/refusals
 
 # A local metadata database with the DAGs serialized: without `airflow dags reserialize`
 # `airflow dags list` shows nothing until a DAG processor has parsed the folder. The DagBag
-# check fails the build on any DAG import error.
+# check (the DAG folder on sys.path, as Airflow parses it) fails the build on an import error.
 RUN airflow db migrate > /opt/airflow/migrate.log 2>&1 || (cat /opt/airflow/migrate.log; exit 1) \
- && python -c "from airflow.dag_processing.dagbag import DagBag; b = DagBag(); assert b.dags and not b.import_errors, b.import_errors" \
+ && PYTHONPATH="${AIRFLOW__CORE__DAGS_FOLDER}" python -c "from airflow.dag_processing.dagbag import DagBag; b = DagBag(); assert b.dags and not b.import_errors, b.import_errors" \
  && airflow dags reserialize \
  && airflow dags list
