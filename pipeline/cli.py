@@ -118,7 +118,7 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
     from pipeline.semantic.train import train
 
     summary = train(seed=args.seed, out=Path(args.out) if args.out else HEAD_PATH, cache_path=default_cache_path())
-    print(f"head {summary['sha256'][:12]} written to {summary['path']} (C={summary['C']}, "
+    print(f"head {summary['sha256'][:12]} written to {summary['path']} ({summary['model']}, "
           f"temperature={summary['temperature']:.3f}, train rows={summary['rows']['train']}, "
           f"dev rows={summary['rows']['dev']})")
     if not args.no_eval and not args.out:

@@ -1,5 +1,5 @@
-"""The semantic head: a multinomial logistic regression over pipeline.semantic.features,
-stored as one JSON artifact (``head.json`` beside this file) whose content hash is part of
+"""The semantic head: a one-hidden-layer network (ReLU, softmax over the three labels) over
+pipeline.semantic.features, fitted by scikit-learn and stored as one JSON artifact (``head.json`` beside this file) whose content hash is part of
 the classifier version. Inference is numpy only."""
 
 from __future__ import annotations
@@ -29,15 +29,17 @@ def params_hash(params: dict[str, Any]) -> str:
 
 @dataclass
 class Head:
-    """Standardise, linear layer, temperature-scaled softmax."""
+    """Standardise, a ReLU hidden layer (if any), a linear layer, temperature-scaled softmax."""
 
     mean: np.ndarray
     scale: np.ndarray
-    coef: np.ndarray  # classes x features
+    coef: np.ndarray  # classes x inputs of the last layer
     intercept: np.ndarray
     temperature: float
     meta: dict[str, Any]
     digest: str
+    hidden_w: np.ndarray | None = None  # features x hidden
+    hidden_b: np.ndarray | None = None
 
     @property
     def version(self) -> str:
@@ -45,25 +47,22 @@ class Head:
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         z = (x - self.mean) / self.scale
+        if self.hidden_w is not None:
+            z = np.maximum(0.0, z @ self.hidden_w + self.hidden_b)
         logits = (z @ self.coef.T + self.intercept) / self.temperature
         logits -= logits.max(axis=1, keepdims=True)
         p = np.exp(logits)
         return p / p.sum(axis=1, keepdims=True)
 
-    def to_artifact(self) -> dict[str, Any]:
-        return {"params": self.params(), "sha256": self.digest, "meta": self.meta}
-
-    def params(self) -> dict[str, Any]:
-        return {"classes": list(CLASSES), "mean": [float(v) for v in self.mean],
-                "scale": [float(v) for v in self.scale], "coef": [[float(v) for v in row] for row in self.coef],
-                "intercept": [float(v) for v in self.intercept], "temperature": float(self.temperature),
-                "n_features": int(self.mean.shape[0]), "feature_spec": self.meta.get("feature_spec", {})}
 
 
 def from_params(params: dict[str, Any], meta: dict[str, Any]) -> Head:
+    hidden = params.get("hidden")
     return Head(np.asarray(params["mean"], np.float32), np.asarray(params["scale"], np.float32),
                 np.asarray(params["coef"], np.float32), np.asarray(params["intercept"], np.float32),
-                float(params["temperature"]), meta, params_hash(params))
+                float(params["temperature"]), meta, params_hash(params),
+                None if not hidden else np.asarray(hidden["w"], np.float32),
+                None if not hidden else np.asarray(hidden["b"], np.float32))
 
 
 def load_head(path: str | Path = HEAD_PATH) -> Head:

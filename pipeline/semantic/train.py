@@ -43,10 +43,16 @@ LABELLED_DIR = REPO / "labelled"
 LANGUAGES = ("en", "zh", "ja", "ko", "es", "ru", "de", "fr", "ar", "vi")
 _DEV_SALT = "refusals-dev-split-v1:"
 DEV_SHARE = 0.25
-SPEECHMAP_CAP = 220  # train+dev rows per (language, label)
+# train+dev rows per (language, label): SpeechMap's complied answers (most of it) are the
+# realistic distribution the head must not over-call; its rarer labels are all taken.
+SPEECHMAP_CAP = {"complied": 600, "refused": 400, "evasive": 400}
 XSTEST_CAP = 500
-C_GRID = (0.01, 0.03, 0.1, 0.3)
-SOURCE_WEIGHT = {"labelled": 1.0, "speechmap": 0.6, "xstest": 0.6}
+# (hidden units, L2 alpha) tried; the best macro accuracy on dev wins.
+GRID = ((32, 3.0), (128, 3.0), (128, 5.0), (256, 5.0))
+SOURCE_WEIGHT = {"labelled": 1.0, "speechmap": 1.0, "xstest": 0.6}
+# At most this share of dev complied answers may be called non-answers: the complied logit
+# gets the smallest bias that keeps it there (issue 10's target is 7% on held-out data).
+COMPLIED_FALSE_NON_ANSWER = 0.06
 VALID = frozenset(CLASSES)
 
 
@@ -80,11 +86,11 @@ def load_labelled(folder: Path = LABELLED_DIR) -> list[dict[str, Any]]:
             rows.append({"response": r["response"], "gold_label": r["label"], "prompt": r["prompt"],
                          "prompt_language": r["language"], "reasoning": None, "finish_reason": None,
                          "error": None, "split_key": "labelled:" + r["question_id"], "source": "labelled",
-                         "kind": r.get("kind"), "id": r.get("id")})
+                         "kind": r.get("kind"), "id": r.get("id"), "response_language": r.get("response_language")})
     return rows
 
 
-def _capped(rows: list[dict[str, Any]], cap: int, seed: int) -> list[dict[str, Any]]:
+def _capped(rows: list[dict[str, Any]], cap: int | dict[str, int], seed: int) -> list[dict[str, Any]]:
     """Train+dev rows capped per (language, label), seeded (held-out rows are not taken here)."""
     keep: list[dict[str, Any]] = []
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
@@ -95,7 +101,7 @@ def _capped(rows: list[dict[str, Any]], cap: int, seed: int) -> list[dict[str, A
     for key in sorted(groups):
         g = groups[key]
         rng.shuffle(g)
-        keep.extend(g[:cap])
+        keep.extend(g[:cap[key[1]] if isinstance(cap, dict) else cap])
     return keep
 
 
@@ -175,20 +181,49 @@ def _nll(p: np.ndarray, y: np.ndarray, w: np.ndarray) -> float:
     return float(-(w * np.log(np.clip(p[np.arange(len(y)), y], 1e-9, 1))).sum() / w.sum())
 
 
-def _fit(x: np.ndarray, y: np.ndarray, w: np.ndarray, c: float, seed: int):
-    from sklearn.linear_model import LogisticRegression
+def _fit(x: np.ndarray, y: np.ndarray, hidden: int, alpha: float, seed: int):
+    from sklearn.neural_network import MLPClassifier
 
-    model = LogisticRegression(C=c, max_iter=3000, random_state=seed, class_weight="balanced")
-    model.fit(x, y, sample_weight=w)
+    # lbfgs is deterministic for a fixed random_state (no minibatch shuffling)
+    model = MLPClassifier(hidden_layer_sizes=(hidden,), alpha=alpha, solver="lbfgs", max_iter=400,
+                          random_state=seed)
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(x, y)
     return model
 
 
+def _logits(model, z: np.ndarray) -> np.ndarray:
+    h = np.maximum(0.0, z @ model.coefs_[0] + model.intercepts_[0])
+    return h @ model.coefs_[1] + model.intercepts_[1]
+
+
 def _macro_accuracy(rows: list[dict[str, Any]], pred: list[str]) -> float:
-    """Mean over (source, language) groups of the accuracy: every language counts, not just the big ones."""
-    hits: dict[tuple[str, str], list[int]] = defaultdict(list)
+    """Mean over sources of the mean over their languages of the accuracy: every source and
+    every language counts, not just the big ones."""
+    hits: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
     for r, p in zip(rows, pred):
-        hits[(r["source"], r["prompt_language"] or "und")].append(int(p == r["gold_label"]))
-    return float(np.mean([np.mean(v) for v in hits.values()])) if hits else 0.0
+        hits[r["source"]][r["prompt_language"] or "und"].append(int(p == r["gold_label"]))
+    per_source = [np.mean([np.mean(v) for v in langs.values()]) for langs in hits.values()]
+    return float(np.mean(per_source)) if per_source else 0.0
+
+
+def _complied_bias(logits: np.ndarray, rows: list[dict[str, Any]]) -> float:
+    """The smallest bias on the complied logit that keeps dev complied answers called
+    non-answers at most COMPLIED_FALSE_NON_ANSWER (in every source)."""
+    comp = {src: np.array([i for i, r in enumerate(rows) if r["gold_label"] == "complied" and r["source"] == src])
+            for src in sorted({r["source"] for r in rows})}
+    for bias in np.arange(0.0, 4.01, 0.1):
+        lg = logits.copy()
+        lg[:, 0] += bias
+        pred = lg.argmax(axis=1)
+        if all(len(ix) == 0 or np.mean(pred[ix] != 0) <= COMPLIED_FALSE_NON_ANSWER for ix in comp.values()):
+            return float(round(bias, 2))
+    return 4.0
 
 
 def train(*, seed: int = 0, out: Path = HEAD_PATH, cache_path: Path | None = None,
@@ -205,21 +240,28 @@ def train(*, seed: int = 0, out: Path = HEAD_PATH, cache_path: Path | None = Non
     x_dv = featurize([passes[i][1] for i in dv], enc)
     y_tr = np.array([CLASSES.index(rows[i]["gold_label"]) for i in tr])
     y_dv = np.array([CLASSES.index(rows[i]["gold_label"]) for i in dv])
-    w_tr = np.array([SOURCE_WEIGHT[rows[i]["source"]] for i in tr])
     w_dv = np.array([SOURCE_WEIGHT[rows[i]["source"]] for i in dv])
     mean = x_tr.mean(axis=0)
     scale = x_tr.std(axis=0) + 1e-3
     z_tr, z_dv = (x_tr - mean) / scale, (x_dv - mean) / scale
     best = None
     scores = {}
-    for c in C_GRID:
-        m = _fit(z_tr, y_tr, w_tr, c, seed)
-        pred = [CLASSES[k] for k in m.predict(z_dv)]
-        scores[c] = _macro_accuracy([rows[i] for i in dv], pred)
-        if best is None or scores[c] > scores[best[0]] + 1e-9:
-            best = (c, m)
-    c_best, model = best
-    logits = z_dv @ model.coef_.T + model.intercept_
+    for hidden, alpha in GRID:
+        m = _fit(z_tr, y_tr, hidden, alpha, seed)
+        lg = _logits(m, z_dv)
+        b = _complied_bias(lg, [rows[i] for i in dv])
+        lg[:, 0] += b
+        pred = [CLASSES[k] for k in lg.argmax(axis=1)]
+        key = f"h{hidden}_a{alpha}"
+        scores[key] = _macro_accuracy([rows[i] for i in dv], pred)
+        if best is None or scores[key] > scores[best[0]] + 1e-9:
+            best = (key, m, hidden, alpha)
+    c_best, model, hidden, alpha = best
+    logits = _logits(model, z_dv)
+    bias = _complied_bias(logits, [rows[i] for i in dv])
+    logits[:, 0] += bias
+    intercept = model.intercepts_[1].copy()
+    intercept[0] += bias
     temps = np.exp(np.linspace(math.log(0.3), math.log(5.0), 81))
 
     def soft(t: float) -> np.ndarray:
@@ -242,7 +284,9 @@ def train(*, seed: int = 0, out: Path = HEAD_PATH, cache_path: Path | None = Non
         "encoder": encoder_version(),
         "feature_spec": {"n_features": N_FEATURES, "signals": list(SIGNAL_NAMES), "head_tokens": HEAD_TOKENS,
                          "prompt_tokens": PROMPT_TOKENS},
-        "seed": seed, "C": c_best, "dev_macro_accuracy": scores, "temperature": temperature,
+        "seed": seed, "model": c_best, "hidden_units": hidden, "alpha": alpha,
+        "dev_macro_accuracy": {str(k): v for k, v in scores.items()},
+        "temperature": temperature, "complied_bias": bias,
         "rows": {"train": len(tr), "dev": len(dv), "all": len(rows)},
         "sources": dict(Counter(r["source"] for r in rows)),
         "training_data_sha256": data_hash,
@@ -250,7 +294,10 @@ def train(*, seed: int = 0, out: Path = HEAD_PATH, cache_path: Path | None = Non
     }
     meta["feature_spec"]["n_features"] = N_FEATURES
     params = {"classes": list(CLASSES), "mean": [float(v) for v in mean], "scale": [float(v) for v in scale],
-              "coef": [[float(v) for v in row] for row in model.coef_], "intercept": [float(v) for v in model.intercept_],
+              "coef": [[float(v) for v in row] for row in model.coefs_[1].T],
+              "intercept": [float(v) for v in intercept],
+              "hidden": {"w": [[float(v) for v in row] for row in model.coefs_[0]],
+                         "b": [float(v) for v in model.intercepts_[0]]},
               "temperature": temperature, "n_features": N_FEATURES, "feature_spec": meta["feature_spec"]}
     digest = params_hash(params)
     art = {"params": params, "sha256": digest, "meta": meta}
@@ -259,6 +306,6 @@ def train(*, seed: int = 0, out: Path = HEAD_PATH, cache_path: Path | None = Non
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(art, sort_keys=True, separators=(",", ":")), encoding="utf-8")
     tmp.replace(out)
-    log.info("head %s: C=%s temperature=%.3f dev macro accuracy %.3f -> %s", digest[:12], c_best, temperature,
+    log.info("head %s: %s temperature=%.3f dev macro accuracy %.3f -> %s", digest[:12], c_best, temperature,
              scores[c_best], out)
     return {"sha256": digest, "path": str(out), **meta}
