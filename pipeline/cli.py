@@ -120,9 +120,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_warehouse(args: argparse.Namespace) -> int:
     from pipeline.paths import DataDir
-    from pipeline.warehouse import build
+    from pipeline.run import load_published
 
-    counts = build(DataDir.from_env(args.data_dir), rebuild=args.rebuild)
+    counts = load_published(DataDir.from_env(args.data_dir), rebuild=args.rebuild)
     for name, n in counts.items():
         print(f"{name}: {n} rows")
     return 0

@@ -88,6 +88,11 @@ class DataDir:
         return self.root / "validation"
 
     @property
+    def records(self) -> Path:
+        """One JSON run record per run after publish (`records/<run_id>.json`): its steps."""
+        return self.root / "records"
+
+    @property
     def runs(self) -> Path:
         """One JSON record per run (the `runs` table of the warehouse reads these)."""
         return self.lake / "runs"
