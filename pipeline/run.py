@@ -218,9 +218,32 @@ def prepare(ctx: RunContext, run_date: date | None = None) -> dict[str, Any]:
             "repetitions": ctx.loaded.study.repetitions,
         }
         write_json_atomic(record, ctx.record_path)
+    check_names(ctx)
     if ctx.loaded.study.models:
         write_prompts(ctx.loaded, ctx.staging / "prompts")
     return record
+
+
+def check_names(ctx: RunContext) -> None:
+    """Before any request is sent: every model, deployment and language of the study must make
+    a folder here (partition values are bounded in bytes, so length never fails; this also
+    catches a filesystem that refuses a character)."""
+    from pipeline.sample import model_dir
+
+    study = ctx.loaded.study
+    probe = ctx.staging / ".names"
+    try:
+        for spec in study.models:
+            model_dir(ctx.staging / "samples", spec.deployment, spec.name).mkdir(parents=True, exist_ok=True)
+        for source in study.recorded:
+            hive_path(probe, deployment=source.deployment).mkdir(parents=True, exist_ok=True)
+        for lang in study.languages:
+            hive_path(probe, language=lang).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{ctx.loaded.path}: a model, deployment or language name cannot be a folder "
+                        f"name under {ctx.staging}: {exc}") from None
+    finally:
+        shutil.rmtree(probe, ignore_errors=True)
 
 
 def sample(ctx: RunContext, *, deployment: str | None = None, model: str | None = None,

@@ -146,14 +146,14 @@ def run_files(data: DataDir, dataset: str, run_id: str) -> list[str]:
 
 
 def published_runs(data: DataDir) -> list[str]:
-    from urllib.parse import unquote
+    """The run ids of the lake's run records, read from the files (a long id's folder name is
+    bounded, see `partition_value`, so it is not parsed back)."""
+    import pyarrow.parquet as pq
 
-    out = []
+    out = set()
     for p in parquet_files(data.dataset("runs")):
-        for part in p.parts:
-            if part.startswith("run_id="):
-                out.append(unquote(part.removeprefix("run_id=")))
-    return sorted(set(out))
+        out.update(pq.read_table(p, columns=["run_id"]).column("run_id").to_pylist())
+    return sorted(out)
 
 
 def load_run(con: Any, data: DataDir, run_id: str) -> None:
