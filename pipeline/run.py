@@ -86,18 +86,21 @@ def weekly_run_id(study: str, when: date) -> str:
 
 
 def start_run(study_path: str | Path, run_id: str | None = None, data_dir: str | Path | None = None, *,
-              when: datetime | None = None, weekly: bool = False, force: bool = False) -> dict[str, Any] | None:
+              when: datetime | None = None, weekly: bool = False, force: bool = False,
+              through: str = "reported") -> dict[str, Any] | None:
     """Name a run, and prepare it unless it is already published (then None; `force` redoes it).
 
     The run id is `run_id` if given, else `weekly_run_id` (weekly) or `default_run_id` of
     `when` (an orchestrator's logical date); the run date is `when`'s date, so a backfilled
-    week lands in that week of the marts. Returns what later stages need to find the run."""
+    week lands in that week of the marts. Returns what later stages need to find the run.
+    `through` is the last step of the caller's flow: a run that finished it is skipped (the
+    scheduled DAG ends at `published`; its loading and report belong to the weekly report DAG)."""
     loaded = load_study(study_path)
     if run_id is None:
         run_id = weekly_run_id(loaded.study.name, (when or datetime.now(timezone.utc)).date()) if weekly \
             else default_run_id(loaded.study.name, when)
     ctx = context(loaded.path, run_id, data_dir)
-    if skip_published(ctx, force):
+    if skip_published(ctx, force, through=through):
         return None
     if "published" in ctx.steps():  # published, not yet loaded or reported: the later tasks carry on
         record = ctx.record()
@@ -582,7 +585,7 @@ def is_published(data: DataDir, run_id: str) -> bool:
     return any(part in p.parts for p in parquet_files(data.dataset("runs")))
 
 
-def skip_published(ctx: RunContext, force: bool) -> bool:
+def skip_published(ctx: RunContext, force: bool, through: str = "reported") -> bool:
     """True when the run is already published, loaded and reported, and not forced; with
     force, start it afresh. A published run that is missing a later step is settled (an
     interrupted publish finished) and carried on: False."""
@@ -596,7 +599,7 @@ def skip_published(ctx: RunContext, force: bool) -> bool:
         log.info("run %s: finishing an interrupted publish", ctx.run_id)
         _finish_publish(ctx)
     steps = ctx.steps()
-    if "reported" in steps:
+    if through in steps:
         log.info("run %s is already published; nothing to do (use --force to redo it)", ctx.run_id)
         return True
     log.info("run %s is published but its steps end at %r; carrying on", ctx.run_id, last_step(steps))

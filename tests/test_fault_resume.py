@@ -175,3 +175,28 @@ def test_cli_killed_after_step_is_finished_by_the_resume(step: str, study: Path,
     assert again.returncode == 0, again.stderr
     assert "nothing to do" not in again.stdout and f"run {RUN} published" in again.stdout
     assert snapshot(data) == reference
+
+
+def test_warehouse_lock_conflict_waits_then_the_resume_finishes(study: Path, reference: dict, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another load holds the warehouse past the bounded wait: the run is published, stops with
+    a clear message naming the holder and the setting, and a resume loads and reports it."""
+    import signal
+
+    from pipeline.errors import UserError
+    from tests.test_locks import _holder
+
+    data = tmp_path / "data"
+    monkeypatch.setenv("REFUSALS_WAREHOUSE_LOCK_TIMEOUT", "1")
+    holder = _holder(data, "@warehouse")
+    try:
+        with pytest.raises(UserError, match="REFUSALS_WAREHOUSE_LOCK_TIMEOUT") as info:
+            stages.run_all(study, RUN, data)
+        assert f"pid {holder.pid}" in str(info.value)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    steps = stages._steps(DataDir(data), RUN)
+    assert "published" in steps and "loaded" not in steps
+    assert not stages.run_all(study, RUN, data).get("skipped")
+    assert snapshot(data) == reference
