@@ -202,6 +202,8 @@ def _swap_build(data: DataDir, run_ids: list[str] | None, rebuild: bool) -> dict
     from pipeline.errors import UserError
 
     data.root.mkdir(parents=True, exist_ok=True)
+    for stale in data.root.glob(".tmp-warehouse-*"):  # left by a killed build (we hold the lock)
+        stale.unlink(missing_ok=True)
     tmp = data.root / f".tmp-warehouse-{uuid.uuid4().hex[:12]}.duckdb"
     try:
         if data.warehouse.exists():

@@ -150,3 +150,11 @@ def test_full_disk_as_duckdb_reports_it(built, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(wh, "build_global", full)
     with pytest.raises(UserError, match="is full"):
         wh.build(data, rebuild=True)
+
+
+def test_a_killed_build_leaves_nothing_behind(built) -> None:
+    data = DataDir(built["data"])
+    (data.root / ".tmp-warehouse-deadbeef0000.duckdb").write_bytes(b"half a build")
+    (data.root / ".tmp-warehouse-deadbeef0000.duckdb.wal").write_bytes(b"x")
+    wh.build(data)
+    assert not list(data.root.glob(".tmp-warehouse-*"))
