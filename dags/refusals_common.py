@@ -146,7 +146,9 @@ def prepare(weekly: bool = False) -> dict:
     if weekly and when is None:  # a manual run without a logical date samples for this week
         when = getattr(context.get("dag_run"), "run_after", None)
     run = stages.start_run(params["study"], params.get("run_id"), params.get("data_dir"), when=when,
-                           weekly=weekly, force=bool(params.get("force")))
+                           weekly=weekly, force=bool(params.get("force")),
+                           # the scheduled DAG ends at publish (the weekly report DAG loads and reports)
+                           through="published" if weekly else "reported")
     if run is None:
         raise AirflowSkipException("this run is already published (set force to redo it)")
     return run

@@ -92,7 +92,8 @@ def cmd_sql(args: argparse.Namespace) -> int:
     from pipeline.warehouse import query
 
     try:
-        cols, rows = query(DataDir.from_env(args.data_dir), args.query)
+        cols, rows = query(DataDir.from_env(args.data_dir), args.query, timeout=args.timeout,
+                           memory_limit=args.memory_limit, threads=args.threads, max_rows=args.max_rows)
     except duckdb.Error as exc:
         raise UserError(f"SQL error: {exc}") from None
     _print_rows(cols, rows, args.format)
@@ -155,9 +156,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_warehouse(args: argparse.Namespace) -> int:
     from pipeline.paths import DataDir
-    from pipeline.warehouse import build
+    from pipeline.run import load_published
 
-    counts = build(DataDir.from_env(args.data_dir), rebuild=args.rebuild)
+    counts = load_published(DataDir.from_env(args.data_dir), rebuild=args.rebuild)
     for name, n in counts.items():
         print(f"{name}: {n} rows")
     return 0
@@ -196,6 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sql", help="ad hoc SQL on the warehouse, read-only")
     s.add_argument("query")
     s.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    s.add_argument("--timeout", type=float, default=None, metavar="S",
+                   help="time limit in seconds (default $REFUSALS_SQL_TIMEOUT or 60)")
+    s.add_argument("--memory-limit", default=None, metavar="SIZE",
+                   help="DuckDB memory limit, e.g. 512MB (default $REFUSALS_SQL_MEMORY_LIMIT or 2GB)")
+    s.add_argument("--threads", type=int, default=None, help="thread cap (default $REFUSALS_SQL_THREADS or 2)")
+    s.add_argument("--max-rows", type=int, default=None,
+                   help="most rows returned (default $REFUSALS_SQL_MAX_ROWS or 1000000)")
     s.set_defaults(func=cmd_sql)
 
     rep = sub.add_parser("report", help="write the weekly report (HTML and Markdown)")

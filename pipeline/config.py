@@ -135,14 +135,77 @@ class Catalog(_Strict):
         return next(t for t in self.topics if t.id == topic_id)
 
 
-def _read_yaml(path: Path) -> Any:
+MAX_YAML_BYTES = 1 << 20  # a study or catalog file: $REFUSALS_MAX_YAML_BYTES
+MAX_RECORDED_BYTES = 256 << 20  # a recorded responses file: $REFUSALS_MAX_RECORDED_BYTES
+RECORDED_SUFFIXES = (".parquet", ".jsonl", ".json")
+SPECIAL_ROOTS = ("/proc", "/sys", "/dev", "/etc")
+
+
+def max_bytes(env: str, default: int) -> int:
+    import os
+
+    raw = os.environ.get(env)
+    try:
+        return int(raw) if raw else default
+    except ValueError:
+        raise UserError(f"${env}: expected a number of bytes, got {raw!r}") from None
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.3g} MiB"
+
+
+def read_bounded(path: Path, limit: int, env: str, what: str) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes, else a UserError naming the file
+    and the limit (read with a cap, so a device or a growing file cannot exhaust memory)."""
     if not path.exists():
         raise UserError(f"{path}: file not found")
+    if not path.is_file():
+        raise UserError(f"{path}: not a regular file")
+    size = path.stat().st_size
+    if size > limit:
+        raise UserError(f"{path}: {what} is {_mib(size)}, larger than the limit of {_mib(limit)} (${env})")
+    with path.open("rb") as f:
+        raw = f.read(limit + 1)
+    if len(raw) > limit:
+        raise UserError(f"{path}: {what} is larger than the limit of {_mib(limit)} (${env})")
+    return raw
+
+
+def _read_yaml(path: Path) -> Any:
+    raw = read_bounded(path, max_bytes("REFUSALS_MAX_YAML_BYTES", MAX_YAML_BYTES), "REFUSALS_MAX_YAML_BYTES",
+                       "the YAML file")
     try:
-        with path.open(encoding="utf-8") as f:
-            return yaml.safe_load(f)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise UserError(f"{path}: line {line}: not valid UTF-8 text (binary file?)") from None
+    try:
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise UserError(f"{path}: not valid YAML: {exc}") from None
+    except RecursionError:
+        raise UserError(f"{path}: not valid YAML: nested too deeply") from None
+
+
+def check_recorded_path(study_path: Path, field: str, src: Path) -> None:
+    """A recorded source must be a regular .parquet/.jsonl file within the size limit, and not
+    a system file: checked when the study is loaded, before anything is staged."""
+    where = f"{study_path}: field '{field}'"
+    resolved = src.resolve()
+    if any(resolved == Path(r) or Path(r) in resolved.parents for r in SPECIAL_ROOTS):
+        raise UserError(f"{where}: {src} is a system path, not recorded responses")
+    if not src.exists():
+        raise UserError(f"{where}: {src} not found")
+    if not resolved.is_file():
+        raise UserError(f"{where}: {src} is not a regular file")
+    if resolved.suffix not in RECORDED_SUFFIXES:
+        raise UserError(f"{where}: {src}: recorded responses must be .parquet or .jsonl")
+    limit = max_bytes("REFUSALS_MAX_RECORDED_BYTES", MAX_RECORDED_BYTES)
+    size = resolved.stat().st_size
+    if size > limit:
+        raise UserError(f"{where}: {src} is {_mib(size)}, larger than the limit of {_mib(limit)} "
+                        "($REFUSALS_MAX_RECORDED_BYTES)")
 
 
 def _format_validation_error(path: Path, exc: ValidationError, prefix: str = "") -> str:
@@ -379,6 +442,8 @@ def load_study(path: str | Path) -> LoadedStudy:
         study = Study.model_validate(data)
     except ValidationError as exc:
         raise UserError(_format_validation_error(path, exc)) from None
+    except RecursionError:
+        raise UserError(f"{path}: a field is nested too deeply") from None
 
     catalog_dir = resolve(study.catalog, path.parent)
     if not catalog_dir.is_dir():
@@ -386,9 +451,7 @@ def load_study(path: str | Path) -> LoadedStudy:
     catalog = load_catalog(catalog_dir)
     _check_references(path, study, catalog)
     for i, rec in enumerate(study.recorded):
-        src = resolve(rec.path, path.parent)
-        if not src.exists():
-            raise UserError(f"{path}: field 'recorded.{i}.path': {src} not found")
+        check_recorded_path(path, f"recorded.{i}.path", resolve(rec.path, path.parent))
     for i, m in enumerate(study.models):
         if m.backend == "vllm" and not (m.model_path or "").startswith("builtin:"):
             if not resolve(m.model_path or "", path.parent).is_dir():

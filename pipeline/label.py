@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.lake import parquet_files, read_folder, write_json_atomic, write_parquet_atomic
+from pipeline.lake import parquet_files, read_folder, readable_parquet, set_aside, write_json_atomic, write_parquet_atomic
 
 if TYPE_CHECKING:
     from pipeline.config import JudgeConfig
@@ -111,12 +111,21 @@ def label_run(staging_run: Path, judge: "JudgeConfig | None" = None, *, backend:
         for src in parquet_files(samples_dir):
             dst = labels_dir / src.relative_to(samples_dir)
             if dst.exists() and dst.stat().st_mtime >= src.stat().st_mtime:
-                continue
+                if readable_parquet(dst, columns=["prompt_id"]) is not None:
+                    continue
+                set_aside(dst, staging_run)  # a damaged labels file is labelled again
             if tier is None and classifier == "semantic":
                 from pipeline.semantic import load_tier
 
                 tier = load_tier(cache_path)  # loaded once, on the first chunk to label
-            samples = pq.read_table(src)
+            samples = readable_parquet(src)
+            if samples is None:  # damaged after sampling checked it: the next sampling pass redraws it
+                set_aside(src, staging_run)
+                dst.unlink(missing_ok=True)
+                from pipeline.errors import UserError
+
+                raise UserError(f"{src}: a staged samples file is corrupt; it was moved aside, "
+                                "resume the run to sample its keys again")
             if use_judge and backend is None:
                 backend, own_backend = _LazyBackend(judge, base_dir), True
             before = agreement.asked if agreement else 0

@@ -55,6 +55,40 @@ def parquet_files(folder: Path) -> list[Path]:
     )
 
 
+def readable_parquet(path: Path, columns: list[str] | None = None) -> pa.Table | None:
+    """The table of a Parquet file, or None when it is truncated or corrupt (or unreadable)."""
+    try:
+        return pq.read_table(path, columns=columns)
+    except (pa.ArrowException, OSError, ValueError, KeyError):
+        return None
+
+
+def set_aside(path: Path, staging_run: Path, why: str = "corrupt") -> Path | None:
+    """Move a damaged staged file to `<staging_run>/corrupt/<its path>` (logged), so that the
+    stage that wrote it does it again. Returns where it went (None if another process moved it)."""
+    import logging
+    import time
+
+    rel = path.relative_to(staging_run) if path.is_relative_to(staging_run) else Path(path.name)
+    dst = staging_run / "corrupt" / rel.parent / f"{int(time.time())}-{rel.name}"
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(path, dst)
+    except FileNotFoundError:
+        return None
+    logging.getLogger(__name__).warning("%s: %s staged file moved aside to %s; it will be written again",
+                                        path, why, dst)
+    return dst
+
+
+def staging_root(folder: Path) -> Path:
+    """The staging folder of a run, from a folder inside it (`<run>/samples/...`, `<run>/labels/...`)."""
+    for parent in (folder, *folder.parents):
+        if parent.name in ("samples", "labels", "prompts"):
+            return parent.parent
+    return folder
+
+
 def read_folder(folder: Path, columns: list[str] | None = None) -> pa.Table | None:
     """All finished Parquet files under a folder as one table (None when there are none).
 

@@ -43,12 +43,34 @@ def resolve(path: str | os.PathLike[str], base: Path) -> Path:
     return p if p.is_absolute() else (base / p)
 
 
-def partition_value(value: str) -> str:
-    """A hive partition directory value: URI-encoded, as pyarrow and Spark write them.
+PARTITION_BYTES = 180  # an encoded partition value, at most (a file name is at most 255 bytes)
 
-    Model names contain `/` (e.g. `openai/gpt-4o`), which must not become a directory.
+
+def partition_value(value: str) -> str:
+    """A hive partition directory value: URI-encoded, as pyarrow and Spark write them, and
+    bounded in bytes so that it fits any filesystem.
+
+    Model names contain `/` (e.g. `openai/gpt-4o`), which must not become a directory. A
+    value whose encoding is longer than PARTITION_BYTES (a 28-character Chinese model name
+    is 252 bytes) becomes its longest prefix of whole characters that fits, `~` and 16 hex
+    digits of its SHA-256: distinct names stay distinct. The full name is always a column
+    of the files (nothing parses directory names back), so nothing is lost.
     """
-    return quote(str(value), safe="")
+    text = str(value)
+    full = quote(text, safe="")
+    if len(full) <= PARTITION_BYTES:
+        return full
+    import hashlib
+
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    room = PARTITION_BYTES - 1 - len(digest)
+    out = ""
+    for ch in text:
+        q = quote(ch, safe="")
+        if len(out) + len(q) > room:
+            break
+        out += q
+    return f"{out}~{digest}"
 
 
 @dataclass(frozen=True)
@@ -86,6 +108,11 @@ class DataDir:
     def validation(self) -> Path:
         """One HTML summary per validated run: `validation/<run_id>/index.html`."""
         return self.root / "validation"
+
+    @property
+    def records(self) -> Path:
+        """One JSON run record per run after publish (`records/<run_id>.json`): its steps."""
+        return self.root / "records"
 
     @property
     def runs(self) -> Path:

@@ -2,6 +2,13 @@
 
     prepare → sample → label → validate → publish → warehouse → report
 
+The run record keeps the steps a run has finished (`STEPS`: sampled, labelled, validated,
+published, loaded, reported, each with its time). It lives in the staging folder until
+publish, then in `data/records/<run_id>.json`. A resume carries on from the last finished
+step: before publish the stages resume by themselves (sampling by sample key, labels by
+file); after it, a run is loaded and reported if it was not, and only a run that finished
+every step is "already published; nothing to do".
+
 State lives on disk under `data/staging/<run_id>/` (`run.json`, prompts, samples, labels), so
 each stage can run in its own process (an Airflow task) and a killed run resumes where it
 stopped. `publish` moves the audited run into the lake; the run record is written last, so
@@ -35,11 +42,12 @@ from pipeline.lake import (
     write_json_atomic,
     write_parquet_atomic,
 )
-from pipeline.paths import REPO_ROOT, DataDir
+from pipeline.paths import REPO_ROOT, DataDir, partition_value
 
 log = logging.getLogger(__name__)
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+-]{0,127}$")
+STEPS = ("sampled", "labelled", "validated", "published", "loaded", "reported")
 
 
 def code_version() -> str:
@@ -78,20 +86,26 @@ def weekly_run_id(study: str, when: date) -> str:
 
 
 def start_run(study_path: str | Path, run_id: str | None = None, data_dir: str | Path | None = None, *,
-              when: datetime | None = None, weekly: bool = False, force: bool = False) -> dict[str, Any] | None:
+              when: datetime | None = None, weekly: bool = False, force: bool = False,
+              through: str = "reported") -> dict[str, Any] | None:
     """Name a run, and prepare it unless it is already published (then None; `force` redoes it).
 
     The run id is `run_id` if given, else `weekly_run_id` (weekly) or `default_run_id` of
     `when` (an orchestrator's logical date); the run date is `when`'s date, so a backfilled
-    week lands in that week of the marts. Returns what later stages need to find the run."""
+    week lands in that week of the marts. Returns what later stages need to find the run.
+    `through` is the last step of the caller's flow: a run that finished it is skipped (the
+    scheduled DAG ends at `published`; its loading and report belong to the weekly report DAG)."""
     loaded = load_study(study_path)
     if run_id is None:
         run_id = weekly_run_id(loaded.study.name, (when or datetime.now(timezone.utc)).date()) if weekly \
             else default_run_id(loaded.study.name, when)
     ctx = context(loaded.path, run_id, data_dir)
-    if skip_published(ctx, force):
+    if skip_published(ctx, force, through=through):
         return None
-    record = prepare(ctx, run_date=when.date() if when else None)
+    if "published" in ctx.steps():  # published, not yet loaded or reported: the later tasks carry on
+        record = ctx.record()
+    else:
+        record = prepare(ctx, run_date=when.date() if when else None)
     return {"study": str(loaded.path), "run_id": run_id, "data_dir": None if data_dir is None else str(data_dir),
             "run_date": record["run_date"], "week": record["week"]}
 
@@ -112,10 +126,59 @@ class RunContext:
     def record_path(self) -> Path:
         return self.staging / "run.json"
 
+    @property
+    def final_record_path(self) -> Path:
+        """Where the run record lives once the run is published (staging is gone)."""
+        return self.data.records / f"{self.run_id}.json"
+
     def record(self) -> dict[str, Any]:
         import json
 
-        return json.loads(self.record_path.read_text(encoding="utf-8"))
+        path = self.record_path if self.record_path.exists() else self.final_record_path
+        return json.loads(path.read_text(encoding="utf-8"))
+
+    def steps(self) -> dict[str, str]:
+        """The finished steps of the run (step -> UTC time), from its record(s)."""
+        return _steps(self.data, self.run_id)
+
+
+def _record_paths(data: DataDir, run_id: str) -> tuple[Path, Path]:
+    return data.staging_run(run_id) / "run.json", data.records / f"{run_id}.json"
+
+
+def _steps(data: DataDir, run_id: str) -> dict[str, str]:
+    import json
+
+    out: dict[str, str] = {}
+    for path in _record_paths(data, run_id):
+        try:
+            out.update(json.loads(path.read_text(encoding="utf-8")).get("steps") or {})
+        except (OSError, ValueError, AttributeError):
+            continue
+    return out
+
+
+def mark_step(data: DataDir, run_id: str, step: str, **extra: Any) -> None:
+    """Record that `step` of a run is finished (in its final record once published, else in
+    staging). A run without a record (published before records kept steps) is left alone."""
+    import json
+
+    assert step in STEPS, step
+    staged, final = _record_paths(data, run_id)
+    path = final if final.exists() else staged
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    record.setdefault("steps", {})[step] = datetime.now(timezone.utc).isoformat()
+    record.update(extra)
+    write_json_atomic(record, path)
+    log.info("run %s: step %s done", run_id, step)
+
+
+def last_step(steps: dict[str, str]) -> str | None:
+    done = [s for s in STEPS if s in steps]
+    return done[-1] if done else None
 
 
 
@@ -158,9 +221,32 @@ def prepare(ctx: RunContext, run_date: date | None = None) -> dict[str, Any]:
             "repetitions": ctx.loaded.study.repetitions,
         }
         write_json_atomic(record, ctx.record_path)
+    check_names(ctx)
     if ctx.loaded.study.models:
         write_prompts(ctx.loaded, ctx.staging / "prompts")
     return record
+
+
+def check_names(ctx: RunContext) -> None:
+    """Before any request is sent: every model, deployment and language of the study must make
+    a folder here (partition values are bounded in bytes, so length never fails; this also
+    catches a filesystem that refuses a character)."""
+    from pipeline.sample import model_dir
+
+    study = ctx.loaded.study
+    probe = ctx.staging / ".names"
+    try:
+        for spec in study.models:
+            model_dir(ctx.staging / "samples", spec.deployment, spec.name).mkdir(parents=True, exist_ok=True)
+        for source in study.recorded:
+            hive_path(probe, deployment=source.deployment).mkdir(parents=True, exist_ok=True)
+        for lang in study.languages:
+            hive_path(probe, language=lang).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{ctx.loaded.path}: a model, deployment or language name cannot be a folder "
+                        f"name under {ctx.staging}: {exc}") from None
+    finally:
+        shutil.rmtree(probe, ignore_errors=True)
 
 
 def sample(ctx: RunContext, *, deployment: str | None = None, model: str | None = None,
@@ -169,10 +255,13 @@ def sample(ctx: RunContext, *, deployment: str | None = None, model: str | None 
     `deployment` alone its recorded source, with `model` too one shard of that model's prompts."""
     from pipeline.sample import SampleUnit, sample_study, sample_unit
 
+    if _after_publish(ctx, "sample"):
+        return []
     if deployment is None:
         if model is not None or shard is not None:
             raise UserError("sampling one model or shard needs its deployment")
         summaries = sample_study(ctx.loaded, ctx.run_id, ctx.staging)
+        mark_step(ctx.data, ctx.run_id, "sampled")
     else:
         unit = SampleUnit(deployment, model, shard or 0, shards if model is not None else 1)
         summaries = sample_unit(ctx.loaded, ctx.run_id, ctx.staging, unit)
@@ -193,8 +282,21 @@ def label(ctx: RunContext) -> int:
     """The labels stage: the rule tier, and the study's LLM judge (if any) where the rules are unsure."""
     from pipeline.label import label_run
 
-    return label_run(ctx.staging, ctx.loaded.study.judge, base_dir=ctx.loaded.base_dir,
-                     classifier=ctx.loaded.study.effective_classifier, cache_path=ctx.data.root / "cache" / "embeddings.sqlite")
+    if _after_publish(ctx, "label"):
+        return 0
+    n = label_run(ctx.staging, ctx.loaded.study.judge, base_dir=ctx.loaded.base_dir,
+                  classifier=ctx.loaded.study.effective_classifier,
+                  cache_path=ctx.data.root / "cache" / "embeddings.sqlite")
+    mark_step(ctx.data, ctx.run_id, "labelled")
+    return n
+
+
+def _after_publish(ctx: RunContext, stage: str) -> bool:
+    """A stage before publish asked of a run already published (a resumed DAG run): a no-op."""
+    if "published" in ctx.steps() and not ctx.staging.exists():
+        log.info("run %s is already published; the %s stage has nothing to do", ctx.run_id, stage)
+        return True
+    return False
 
 
 def expected_counts(ctx: RunContext) -> dict[str, Any]:
@@ -230,6 +332,8 @@ def validate(ctx: RunContext) -> dict[str, Any]:
     """Run the GX suites; on failure move the run to quarantine and raise ValidationFailed."""
     from pipeline.validate import quarantine, validate_run
 
+    if _after_publish(ctx, "validate"):
+        return {"success": True, "skipped": "already published"}
     outcome = validate_run(ctx.staging, ctx.run_id, expected_counts(ctx))
     docs = ctx.data.validation / ctx.run_id
     docs.mkdir(parents=True, exist_ok=True)
@@ -240,6 +344,7 @@ def validate(ctx: RunContext) -> dict[str, Any]:
     if not outcome.success:
         quarantine(ctx.staging, ctx.data.quarantine, outcome)
     log.info("run %s passed validation (%d suites)", ctx.run_id, len(outcome.suites))
+    mark_step(ctx.data, ctx.run_id, "validated")
     return outcome.to_dict()
 
 
@@ -275,6 +380,8 @@ def publish(ctx: RunContext, validation: dict[str, Any] | None = None) -> dict[s
     """Move an audited run from staging into the lake; write the run record last."""
     import json
 
+    if _after_publish(ctx, "publish"):
+        return ctx.record().get("published_counts") or {}
     if not (ctx.staging / "validation.json").exists():
         raise UserError(f"run {ctx.run_id}: not validated; run the validate stage first")
     validation = validation or json.loads((ctx.staging / "validation.json").read_text())
@@ -307,9 +414,49 @@ def publish(ctx: RunContext, validation: dict[str, Any] | None = None) -> dict[s
     }
     path = hive_path(ctx.data.dataset("runs"), study=record["study"], run_id=ctx.run_id) / "run.parquet"
     write_parquet_atomic(pa.Table.from_pylist([run_row]), path)
-    shutil.rmtree(ctx.staging, ignore_errors=True)
+    _finish_publish(ctx, counts)
     log.info("published run %s: %s", ctx.run_id, counts)
     return counts
+
+
+def _finish_publish(ctx: RunContext, counts: dict[str, Any] | None = None) -> None:
+    """After the lake's run row: move the run record out of staging, clear staging, record
+    the step `published`. Also what a resume does for a run killed anywhere in between."""
+    import json
+
+    if ctx.final_record_path.exists():  # killed while clearing staging: the final record stands
+        record = json.loads(ctx.final_record_path.read_text(encoding="utf-8"))
+    elif ctx.record_path.exists():
+        record = ctx.record()
+    else:
+        record = _adopt(ctx)
+    if counts is None:
+        counts = record.get("published_counts")
+    if counts is None:
+        row = _lake_row(ctx)
+        counts = {"prompts": row["n_prompts"], "samples": row["n_samples"]}
+    write_json_atomic(record, ctx.final_record_path)
+    shutil.rmtree(ctx.staging, ignore_errors=True)
+    mark_step(ctx.data, ctx.run_id, "published", published_counts=counts)
+
+
+def _lake_row(ctx: RunContext) -> dict[str, Any]:
+    files = [f for f in parquet_files(ctx.data.dataset("runs")) if f"run_id={partition_value(ctx.run_id)}" in f.parts]
+    return pq.read_table(files[0]).to_pylist()[0]
+
+
+def _adopt(ctx: RunContext) -> dict[str, Any]:
+    """A record for a run published before records kept steps, from its lake row; such a run
+    that is already in the warehouse is taken as loaded and reported."""
+    row = _lake_row(ctx)
+    published = row["published_at"].isoformat()
+    steps = {s: published for s in STEPS[:3]}
+    if ctx.run_id in _warehouse_runs(ctx.data):
+        steps.update(published=published, loaded=published, reported=published)
+    return {"run_id": ctx.run_id, "study": row["study"], "study_hash": row["study_hash"],
+            "run_date": row["run_date"].isoformat(), "week": row["week"],
+            "started_at": row["started_at"].isoformat(), "code_version": row["code_version"],
+            "repetitions": row["repetitions"], "steps": steps}
 
 
 def _run_totals(files: list[Path]) -> dict[str, Any]:
@@ -335,15 +482,39 @@ def _classifier_version() -> str:
 
 
 def warehouse(ctx: RunContext) -> dict[str, int]:
+    """Load this run, and every other published run not loaded yet (one that lost its
+    warehouse step to a crash or a lock), then mark them loaded."""
+    from pipeline.warehouse import build, published_runs
+
+    todo = sorted({ctx.run_id} | (set(published_runs(ctx.data)) - _warehouse_runs(ctx.data)))
+    tables = build(ctx.data, run_ids=todo)
+    for run_id in todo:
+        mark_step(ctx.data, run_id, "loaded")
+    return tables
+
+
+def load_published(data: DataDir, rebuild: bool = False) -> dict[str, int]:
+    """`refusals warehouse`: load every published run not loaded yet (all with `rebuild`)."""
     from pipeline.warehouse import build
 
-    return build(ctx.data, run_ids=[ctx.run_id])
+    tables = build(data, rebuild=rebuild)
+    for run_id in sorted(_warehouse_runs(data)):
+        if "loaded" not in _steps(data, run_id):
+            mark_step(data, run_id, "loaded")
+    return tables
 
 
 def report(ctx: RunContext, week: str | None = None) -> dict[str, str]:
+    """The report of the run's week (or `week`)."""
     from pipeline.report import write_report
 
+    if week is None:
+        try:
+            week = ctx.record().get("week")
+        except (OSError, ValueError):
+            week = None
     paths = write_report(ctx.data, week=week)
+    mark_step(ctx.data, ctx.run_id, "reported")
     return {k: str(v) for k, v in paths.items()}
 
 
@@ -367,14 +538,31 @@ def report_published(events: list[dict[str, Any]], data_dir: str | Path | None =
     for root, group in groups.items():
         data = DataDir(root)
         fresh = {e["run_id"] for e in group if e.get("run_id")}
-        build(data, run_ids=sorted(fresh | (set(published_runs(data)) - _warehouse_runs(data))))
+        todo = sorted(fresh | (set(published_runs(data)) - _warehouse_runs(data)))
+        build(data, run_ids=todo)
+        for run_id in todo:
+            mark_step(data, run_id, "loaded")
         weeks = [week] if week else sorted({e["week"] for e in group if e.get("week")})
         if not weeks:
             weeks = [iso_week(when) if when else None]
         for w in weeks:
             paths = write_report(data, week=w)
             out[w or Path(next(iter(paths.values()))).parent.name] = {k: str(v) for k, v in paths.items()}
+        for run_id in todo:  # a run whose week was reported is finished
+            if _run_week(data, run_id) in out:
+                mark_step(data, run_id, "reported")
     return out
+
+
+def _run_week(data: DataDir, run_id: str) -> str | None:
+    import json
+
+    for path in _record_paths(data, run_id):
+        try:
+            return json.loads(path.read_text(encoding="utf-8")).get("week")
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def _warehouse_runs(data: DataDir) -> set[str]:
@@ -399,14 +587,24 @@ def is_published(data: DataDir, run_id: str) -> bool:
     return any(part in p.parts for p in parquet_files(data.dataset("runs")))
 
 
-def skip_published(ctx: RunContext, force: bool) -> bool:
-    """True when the run is already published and not forced; with force, start it afresh."""
+def skip_published(ctx: RunContext, force: bool, through: str = "reported") -> bool:
+    """True when the run is already published, loaded and reported, and not forced; with
+    force, start it afresh. A published run that is missing a later step is settled (an
+    interrupted publish finished) and carried on: False."""
     if force:
         shutil.rmtree(ctx.staging, ignore_errors=True)
+        ctx.final_record_path.unlink(missing_ok=True)
         return False
-    if is_published(ctx.data, ctx.run_id):
+    if not is_published(ctx.data, ctx.run_id):
+        return False
+    if "published" not in ctx.steps() or ctx.staging.exists():
+        log.info("run %s: finishing an interrupted publish", ctx.run_id)
+        _finish_publish(ctx)
+    steps = ctx.steps()
+    if through in steps:
         log.info("run %s is already published; nothing to do (use --force to redo it)", ctx.run_id)
         return True
+    log.info("run %s is published but its steps end at %r; carrying on", ctx.run_id, last_step(steps))
     return False
 
 
@@ -423,12 +621,19 @@ def run_all(study_path: str | Path, run_id: str | None = None, data_dir: str | P
 def _run_all(ctx: RunContext, force: bool) -> dict[str, Any]:
     if skip_published(ctx, force):
         return {"run_id": ctx.run_id, "skipped": True, "warehouse": str(ctx.data.warehouse)}
-    prepare(ctx)
-    sample(ctx)
-    label(ctx)
-    validate(ctx)
-    counts = publish(ctx)
-    tables = warehouse(ctx)
+    steps = ctx.steps()
+    if steps:
+        log.info("resuming run %s after step %s", ctx.run_id, last_step(steps))
+    if "published" not in steps:
+        # each stage resumes by itself: sampling draws only missing keys, labels only new files
+        prepare(ctx)
+        sample(ctx)
+        label(ctx)
+        validate(ctx)
+        counts = publish(ctx)
+    else:
+        counts = ctx.record().get("published_counts") or {}
+    tables = warehouse(ctx) if "loaded" not in ctx.steps() else {}
     reports = report(ctx)
     return {"run_id": ctx.run_id, "published": counts, "warehouse": str(ctx.data.warehouse),
             "tables": tables, "report": reports}

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from pipeline.backends.base import RESULT_FIELDS, Request, SamplingSettings
 from pipeline.config import LoadedStudy, ModelSpec
 from pipeline.errors import UserError
-from pipeline.lake import hive_path, parquet_files, write_parquet_atomic
+from pipeline.lake import hive_path, parquet_files, readable_parquet, set_aside, staging_root, write_parquet_atomic
 
 log = logging.getLogger(__name__)
 
@@ -117,10 +117,16 @@ def model_dir(samples_dir: Path, deployment: str, model: str) -> Path:
 
 
 def done_keys(folder: Path) -> set[tuple[str, int]]:
-    """(prompt_id, rep) keys already written under a model's staging folder."""
+    """(prompt_id, rep) keys already written under a model's staging folder.
+
+    A truncated or corrupt chunk (a full disk, a crash of the storage) is moved aside to
+    `<staging>/corrupt/` with a log line: its keys count as not sampled, so they are sampled again."""
     keys: set[tuple[str, int]] = set()
     for f in parquet_files(folder):
-        t = pq.read_table(f, columns=["prompt_id", "rep"])
+        t = readable_parquet(f)
+        if t is None or not {"prompt_id", "rep"} <= set(t.column_names):
+            set_aside(f, staging_root(folder))
+            continue
         keys.update(zip(t.column("prompt_id").to_pylist(), t.column("rep").to_pylist()))
     return keys
 

@@ -9,6 +9,11 @@ after each, whose week-over-week tests look back at it), and the `compare_*` vie
 
 Each SQL file is a chain of statements separated by `;` at the end of a line, with named
 parameters (`$run_id`, `$files`, `$weeks`) bound by DuckDB, never pasted in.
+
+Readers never block writers: a build works on a copy of the file (`.tmp-warehouse-*.duckdb`
+beside it) and swaps it in with `os.replace`, so a reader keeps the snapshot it opened and
+the next reader sees the new file. `query` (`refusals sql`) opens it read-only, with a time
+limit, a memory limit and a thread cap.
 """
 
 from __future__ import annotations
@@ -141,18 +146,20 @@ def run_files(data: DataDir, dataset: str, run_id: str) -> list[str]:
 
 
 def published_runs(data: DataDir) -> list[str]:
-    from urllib.parse import unquote
+    """The run ids of the lake's run records, read from the files (a long id's folder name is
+    bounded, see `partition_value`, so it is not parsed back)."""
+    import pyarrow.parquet as pq
 
-    out = []
+    out = set()
     for p in parquet_files(data.dataset("runs")):
-        for part in p.parts:
-            if part.startswith("run_id="):
-                out.append(unquote(part.removeprefix("run_id=")))
-    return sorted(set(out))
+        out.update(pq.read_table(p, columns=["run_id"]).column("run_id").to_pylist())
+    return sorted(out)
 
 
 def load_run(con: Any, data: DataDir, run_id: str) -> None:
     """Load (or reload) one published run and its per-run marts, in one transaction."""
+    import duckdb
+
     con.execute("BEGIN TRANSACTION")
     try:
         for name in PER_RUN:
@@ -163,8 +170,11 @@ def load_run(con: Any, data: DataDir, run_id: str) -> None:
         for name in MARTS:
             execute_file(con, name, {"run_id": run_id})
         con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
+    except BaseException:
+        try:
+            con.execute("ROLLBACK")
+        except duckdb.Error:  # the failure (e.g. a full disk) already ended the transaction
+            pass
         raise
 
 
@@ -173,13 +183,60 @@ def build(data: DataDir, run_ids: list[str] | None = None, rebuild: bool = False
     from pipeline.locks import warehouse_lock
 
     with warehouse_lock(data):
-        return _build(data, run_ids, rebuild)
+        return _swap_build(data, run_ids, rebuild)
 
 
-def _build(data: DataDir, run_ids: list[str] | None = None, rebuild: bool = False) -> dict[str, int]:
+def _disk_full(exc: BaseException) -> bool:
+    import errno
+
+    return (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "No space left on device" in str(exc)
+
+
+def _swap_build(data: DataDir, run_ids: list[str] | None, rebuild: bool) -> dict[str, int]:
+    """Build into a copy of the warehouse file and swap it in atomically (readers keep their
+    snapshot; a failed build leaves the old file as it was)."""
+    import os
+    import shutil
+    import uuid
+
+    from pipeline.errors import UserError
+
+    data.root.mkdir(parents=True, exist_ok=True)
+    for stale in data.root.glob(".tmp-warehouse-*"):  # left by a killed build (we hold the lock)
+        stale.unlink(missing_ok=True)
+    tmp = data.root / f".tmp-warehouse-{uuid.uuid4().hex[:12]}.duckdb"
+    try:
+        if data.warehouse.exists():
+            shutil.copyfile(data.warehouse, tmp)
+            wal = data.warehouse.with_name(data.warehouse.name + ".wal")
+            if wal.exists():  # a file last written in place (before swaps) may hold a WAL
+                shutil.copyfile(wal, tmp.with_name(tmp.name + ".wal"))
+        counts = _build(data, run_ids, rebuild, path=tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, data.warehouse)
+        data.warehouse.with_name(data.warehouse.name + ".wal").unlink(missing_ok=True)
+        return counts
+    except Exception as exc:
+        if _disk_full(exc):
+            raise UserError(f"the disk of {data.root} is full: the warehouse build stopped and "
+                            f"{data.warehouse} was left as it was ({exc})") from None
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+        tmp.with_name(tmp.name + ".wal").unlink(missing_ok=True)
+
+
+def _build(data: DataDir, run_ids: list[str] | None = None, rebuild: bool = False, *, path=None) -> dict[str, int]:
     """Load the given runs (default: those not yet loaded; all with `rebuild`) and rebuild
-    the global marts. Returns row counts of every table."""
-    con = connect(data)
+    the global marts in the DuckDB file `path` (default the warehouse itself). Returns row
+    counts of every table."""
+    import duckdb
+
+    if path is None:
+        con = connect(data)
+    else:
+        con = duckdb.connect(str(path))
     try:
         if rebuild:
             for name in VIEWS:
@@ -192,7 +249,7 @@ def _build(data: DataDir, run_ids: list[str] | None = None, rebuild: bool = Fals
             log.warning("warehouse: the SQL of %s changed since this file was built; rebuilding it from the lake",
                         ", ".join(sorted(stale & set(PER_RUN))))
             con.close()
-            return _build(data, rebuild=True)
+            return _build(data, rebuild=True, path=path)
         if stale and not rebuild:
             log.warning("warehouse: the SQL of %s changed since this file was built; recomputing the marts",
                         ", ".join(sorted(stale)))
@@ -229,19 +286,79 @@ def _build(data: DataDir, run_ids: list[str] | None = None, rebuild: bool = Fals
         con.close()
 
 
-def query(data: DataDir, sql: str, params: list[Any] | None = None) -> tuple[list[str], list[tuple]]:
-    """Run one read-only query on the warehouse: (column names, rows)."""
+SQL_TIMEOUT_S = 60.0
+SQL_MEMORY_LIMIT = "2GB"
+SQL_THREADS = 2
+SQL_MAX_ROWS = 1_000_000
+
+
+def _limit(name: str, value: Any, default: Any, cast: Any) -> Any:
+    import os
+
+    raw = value if value is not None else os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return cast(raw)
+    except (TypeError, ValueError):
+        from pipeline.errors import UserError
+
+        raise UserError(f"{name}: not a valid value: {raw!r}") from None
+
+
+def query(data: DataDir, sql: str, params: list[Any] | None = None, *, timeout: float | None = None,
+          memory_limit: str | None = None, threads: int | None = None,
+          max_rows: int | None = None) -> tuple[list[str], list[tuple]]:
+    """Run one read-only query on the warehouse: (column names, rows).
+
+    Bounded: `timeout` seconds ($REFUSALS_SQL_TIMEOUT, default 60), `memory_limit`
+    ($REFUSALS_SQL_MEMORY_LIMIT, default 2GB, nothing spilled to disk), `threads`
+    ($REFUSALS_SQL_THREADS, default 2) and `max_rows` rows returned ($REFUSALS_SQL_MAX_ROWS,
+    default 1,000,000). A query that hits a bound stops with a UserError saying which."""
+    import re as _re
+    import threading
+
+    import duckdb
+
+    from pipeline.errors import UserError
+
+    timeout = _limit("REFUSALS_SQL_TIMEOUT", timeout, SQL_TIMEOUT_S, float)
+    memory_limit = _limit("REFUSALS_SQL_MEMORY_LIMIT", memory_limit, SQL_MEMORY_LIMIT, str)
+    threads = _limit("REFUSALS_SQL_THREADS", threads, SQL_THREADS, int)
+    max_rows = _limit("REFUSALS_SQL_MAX_ROWS", max_rows, SQL_MAX_ROWS, int)
+    if not _re.fullmatch(r"\d+(\.\d+)?\s*[KMGT]i?B", memory_limit.strip(), _re.IGNORECASE):
+        raise UserError(f"memory limit {memory_limit!r}: expected e.g. 512MB or 2GB")
+    if timeout <= 0 or threads < 1 or max_rows < 1:
+        raise UserError("the SQL time limit, thread cap and row cap must be positive")
     con = connect(data, read_only=True)
+    timer = threading.Timer(timeout, con.interrupt)
+    timer.daemon = True
     try:
         # Read-only file, and no reading or writing other files (COPY … TO, read_csv('/etc/…')):
-        # ad hoc SQL can look at the warehouse and nothing else.
+        # ad hoc SQL can look at the warehouse and nothing else. The bounds are set before the
+        # user's query, then the configuration is locked (the query cannot SET them back).
+        con.execute(f"SET memory_limit = '{memory_limit.strip()}'")
+        con.execute(f"SET threads = {threads:d}")
+        con.execute("SET max_temp_directory_size = '0B'")
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
-        cur = con.execute(sql, params or [])
-        if cur.description is None:
-            return [], []
-        cols = [d[0] for d in cur.description]
-        return cols, cur.fetchall()
+        timer.start()
+        try:
+            cur = con.execute(sql, params or [])
+            if cur.description is None:
+                return [], []
+            cols = [d[0] for d in cur.description]
+            rows = cur.fetchmany(max_rows + 1)
+        except duckdb.InterruptException:
+            raise UserError(f"the query was stopped after the time limit of {timeout:g} s "
+                            "(--timeout or $REFUSALS_SQL_TIMEOUT)") from None
+        except duckdb.OutOfMemoryException:
+            raise UserError(f"the query was stopped: it needed more than the memory limit of {memory_limit} "
+                            "(--memory-limit or $REFUSALS_SQL_MEMORY_LIMIT)") from None
+        if len(rows) > max_rows:
+            raise UserError(f"the query returns more than {max_rows} rows (--max-rows or "
+                            "$REFUSALS_SQL_MAX_ROWS); aggregate or add a LIMIT")
+        return cols, rows
     finally:
+        timer.cancel()
         con.close()
-

@@ -100,3 +100,46 @@ def test_echoed_key_never_stored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     for f in files:
         assert KEY.encode() not in f.read_bytes(), f
     assert KEY not in caplog.text
+
+
+def test_echoed_key_never_stored_through_the_cli(tmp_path: Path) -> None:
+    """The same echoing server, through `python -m pipeline -v run` as a user runs it: every
+    request fails, the run is quarantined (exit 3), and neither the data folder (lake,
+    staging, quarantine, validation pages, records, locks) nor the DEBUG log holds the key."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, write_study
+
+    Echo.n = 0
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    data = tmp_path / "data"
+    study = write_study(tmp_path / "study.yaml", name="echo", repetitions=1, models=[
+        {"name": "m", "deployment": "api", "backend": "openai", "base_url": base,
+         "api_key_env": "ECHO_KEY", "concurrency": 4}])
+    env = {**os.environ, "ECHO_KEY": KEY, "REFUSALS_DATA_DIR": str(data), "PYTHONPATH": str(REPO)}
+    try:
+        proc = subprocess.run([sys.executable, "-m", "pipeline", "-v", "run", "--study", str(study),
+                               "--run-id", "echo-1"], cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=600)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert Echo.n > 0, "the server was never asked"
+    assert proc.returncode == 3, proc.stderr[-3000:]  # every sample an error: quarantined
+    assert list((data / "quarantine").rglob("*.parquet"))
+    assert "Traceback" not in proc.stderr
+    assert KEY not in proc.stdout and KEY not in proc.stderr
+    files = [f for f in data.rglob("*") if f.is_file()]
+    assert any(f.suffix == ".parquet" for f in files)
+    errors = []
+    for f in files:
+        assert KEY.encode() not in f.read_bytes(), f
+        if f.suffix == ".parquet" and "samples" in f.parts:
+            t = pq.read_table(f)
+            assert KEY not in str(t.to_pylist())
+            errors += [e for e in t.column("error").to_pylist() if e]
+    assert errors and all("HTTP" in e for e in errors)

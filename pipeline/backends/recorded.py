@@ -48,14 +48,20 @@ GENERIC_REQUIRED = ("model", "prompt", "response")
 
 
 def _read_any(path: Path) -> pa.Table:
+    from pipeline.config import MAX_RECORDED_BYTES, max_bytes, read_bounded
+
+    limit = max_bytes("REFUSALS_MAX_RECORDED_BYTES", MAX_RECORDED_BYTES)
     if path.suffix == ".parquet":
+        if path.is_file() and path.stat().st_size > limit:
+            read_bounded(path, limit, "REFUSALS_MAX_RECORDED_BYTES", "the recorded file")  # raises
+
         try:
             return pq.read_table(path)
         except Exception as exc:
             raise UserError(f"{path}: cannot read as Parquet: {exc}") from None
     if path.suffix in (".jsonl", ".json"):
         rows = []
-        raw = path.read_bytes()
+        raw = read_bounded(path, limit, "REFUSALS_MAX_RECORDED_BYTES", "the recorded file")
         try:
             lines = raw.decode("utf-8").split("\n")  # not splitlines(): JSON strings may hold U+2028
         except UnicodeDecodeError as exc:
