@@ -285,6 +285,9 @@ def publish(ctx: RunContext, validation: dict[str, Any] | None = None) -> dict[s
         "samples": _publish_dataset(ctx, "samples", split_language=True),
         "labels": _publish_dataset(ctx, "labels", split_language=True),
     }
+    from pipeline.runs import publish_imports
+
+    counts["imports"] = publish_imports(ctx.data, ctx.staging, ctx.loaded.study.name, ctx.run_id)
     record = ctx.record()
     samples = _run_totals(parquet_files(ctx.staging / "samples"))
     run_row = {
@@ -425,6 +428,13 @@ def _run_all(ctx: RunContext, force: bool) -> dict[str, Any]:
         return {"run_id": ctx.run_id, "skipped": True, "warehouse": str(ctx.data.warehouse)}
     prepare(ctx)
     sample(ctx)
+    from pipeline.runs import nothing_staged
+
+    if nothing_staged(ctx.staging):  # every recorded file was imported before (pipeline.runs): a no-op
+        shutil.rmtree(ctx.staging, ignore_errors=True)
+        log.info("run %s: nothing new to import; not published", ctx.run_id)
+        return {"run_id": ctx.run_id, "skipped": True, "reason": "nothing new to import",
+                "warehouse": str(ctx.data.warehouse)}
     label(ctx)
     validate(ctx)
     counts = publish(ctx)
