@@ -202,6 +202,11 @@ def expected_counts(ctx: RunContext) -> dict[str, Any]:
     study = ctx.loaded.study
     prompts = read_folder(ctx.staging / "prompts", columns=["prompt_id", "source", "language"])
     if prompts is None:
+        from pipeline.runs import imported_before
+
+        if imported_before(ctx.staging):
+            raise UserError(f"run {ctx.run_id}: nothing new to import (every recorded file was imported by an "
+                            "earlier run; force_reimport: true or --force-reimport imports it again)")
         raise UserError(f"run {ctx.run_id}: no prompts staged; run the prepare stage first")
     catalog_n = sum(1 for s in prompts.column("source").to_pylist() if s == "catalog")
     live_models = len(study.models)

@@ -90,6 +90,8 @@ def check_import(staging_run: Path, run_id: str, study: str, source: Any, path: 
     digest = file_sha256(path)
     forced = bool(getattr(source, "force_reimport", False)) or force_reimport_env()
     before = earlier_import(data_of_staging(staging_run), source.deployment, digest, run_id)
+    marker = staging_run / IMPORTS / f"{source.deployment}.skipped.json"
+    marker.unlink(missing_ok=True)
     if before is None:
         return digest, True
     if forced:
@@ -101,7 +103,17 @@ def check_import(staging_run: Path, run_id: str, study: str, source: Any, path: 
                 "skipped, so its answers are not counted twice (force_reimport: true in the study, or "
                 "--force-reimport, imports it again)", source.deployment, path, digest[:12], source.deployment,
                 before["run_id"], before["study"])
+    from pipeline.lake import write_json_atomic
+
+    write_json_atomic({"deployment": source.deployment, "path": str(path), "sha256": digest,
+                       "imported_by": before["run_id"]}, marker)
     return digest, False
+
+
+def imported_before(staging_run: Path) -> list[str]:
+    """The deployments of a staged run whose recorded file was skipped as imported before."""
+    folder = staging_run / IMPORTS
+    return sorted(p.name.removesuffix(".skipped.json") for p in folder.glob("*.skipped.json")) if folder.is_dir() else []
 
 
 def stage_import(staging_run: Path, run_id: str, study: str, source: Any, path: Path, digest: str,
