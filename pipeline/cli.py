@@ -28,7 +28,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.run import run_all
 
     result = run_all(args.study, run_id=args.run_id, data_dir=args.data_dir, force=args.force)
-    if result.get("skipped"):
+    if result.get("skipped") and result.get("reason"):
+        print(f"run {result['run_id']}: {result['reason']} (every recorded file was imported by an earlier run; "
+              f"--force-reimport imports it again); nothing published")
+    elif result.get("skipped"):
         print(f"run {result['run_id']} is already published; nothing to do (--force redoes it)")
     else:
         print(f"run {result['run_id']} published")
@@ -171,6 +174,26 @@ def cmd_prepare_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_runs(args: argparse.Namespace) -> int:
+    from pipeline.paths import DataDir
+    from pipeline.runs import delete_run, describe_run, list_runs
+
+    data = DataDir.from_env(args.data_dir)
+    if args.runs_command == "list":
+        cols = ["run_id", "study", "study_hash", "status", "published_at", "n_samples"]
+        _print_rows(cols, [tuple(r[c] for c in cols) for r in list_runs(data)], args.format)
+        return 0
+    info = describe_run(data, args.run_id)  # unknown run id: a UserError, exit 2
+    if not args.yes:
+        raise UserError(f"refusing to delete run {args.run_id} (study {info['study']}, week {info['week']}, "
+                        f"{info['n_samples']} samples) without --yes: it leaves the lake and the warehouse, "
+                        f"and cannot be undone")
+    result = delete_run(data, args.run_id)
+    print(f"run {args.run_id} deleted: {result['partitions']} lake partitions, {result['warehouse_rows']} "
+          f"warehouse rows; marts rebuilt for {', '.join(result['weeks']) or 'no week'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="refusals", description="Refusal statistics at scale.")
     p.add_argument("--data-dir", default=None, help="data folder (default ./data or $REFUSALS_DATA_DIR)")
@@ -181,12 +204,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--study", required=True, help="study YAML file")
     r.add_argument("--run-id", default=None, help="resume or name a run (default: <study>-<UTC time>)")
     r.add_argument("--force", action="store_true", help="redo a run that is already published")
+    r.add_argument("--force-reimport", action="store_true",
+                   help="import recorded files even if a published run already imported the same bytes")
     r.set_defaults(func=cmd_run)
 
     st = sub.add_parser("stage", help="one stage of a run (what Airflow tasks and Ray jobs call)")
     st.add_argument("stage", choices=["prepare", "sample", "label", "validate", "publish", "warehouse", "report"])
     st.add_argument("--study", required=True)
     st.add_argument("--run-id", required=True)
+    st.add_argument("--force-reimport", action="store_true",
+                    help="sample: import recorded files even if a published run already imported the same bytes")
     st.set_defaults(func=cmd_stage)
 
     c = sub.add_parser("classify", help="label responses in a .jsonl or .parquet file")
@@ -233,6 +260,15 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--rebuild", action="store_true", help="drop everything and rebuild from the lake")
     w.set_defaults(func=cmd_warehouse)
 
+    ru = sub.add_parser("runs", help="list the runs, or delete one from the lake and the warehouse")
+    ru_sub = ru.add_subparsers(dest="runs_command", required=True)
+    rl = ru_sub.add_parser("list", help="run id, study, hash, status, published time, samples")
+    rl.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    rd = ru_sub.add_parser("delete", help="remove a run from the lake and the warehouse, its weeks' marts rebuilt")
+    rd.add_argument("run_id")
+    rd.add_argument("--yes", action="store_true", help="really delete it")
+    ru.set_defaults(func=cmd_runs)
+
     m = sub.add_parser("prepare-model", help="convert a builtin model (e.g. smollm2) once, print its folder")
     m.add_argument("name", nargs="?", default="smollm2")
     m.set_defaults(func=cmd_prepare_model)
@@ -243,6 +279,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.data_dir:
         os.environ["REFUSALS_DATA_DIR"] = args.data_dir
+    if getattr(args, "force_reimport", False):
+        os.environ["REFUSALS_FORCE_REIMPORT"] = "1"  # read where recorded files are imported (pipeline.runs)
     _setup_logging(args.verbose)
     try:
         return int(args.func(args) or 0)

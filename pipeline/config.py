@@ -347,6 +347,8 @@ class RecordedSource(_Strict):
     languages: list[str] | None = None
     limit_per_model: int | None = Field(None, ge=1)
     questions_per_topic: int | None = Field(None, ge=1, description="keep the first N question ids of each topic")
+    force_reimport: bool = Field(False, description="import the file even if a published run already imported "
+                                 "the same bytes into this deployment (pipeline.runs)")
 
     @field_validator("languages")
     @classmethod

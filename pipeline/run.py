@@ -304,6 +304,11 @@ def expected_counts(ctx: RunContext) -> dict[str, Any]:
     study = ctx.loaded.study
     prompts = read_folder(ctx.staging / "prompts", columns=["prompt_id", "source", "language"])
     if prompts is None:
+        from pipeline.runs import imported_before
+
+        if imported_before(ctx.staging):
+            raise UserError(f"run {ctx.run_id}: nothing new to import (every recorded file was imported by an "
+                            "earlier run; force_reimport: true or --force-reimport imports it again)")
         raise UserError(f"run {ctx.run_id}: no prompts staged; run the prepare stage first")
     catalog_n = sum(1 for s in prompts.column("source").to_pylist() if s == "catalog")
     live_models = len(study.models)
@@ -392,6 +397,9 @@ def publish(ctx: RunContext, validation: dict[str, Any] | None = None) -> dict[s
         "samples": _publish_dataset(ctx, "samples", split_language=True),
         "labels": _publish_dataset(ctx, "labels", split_language=True),
     }
+    from pipeline.runs import publish_imports
+
+    counts["imports"] = publish_imports(ctx.data, ctx.staging, ctx.loaded.study.name, ctx.run_id)
     record = ctx.record()
     samples = _run_totals(parquet_files(ctx.staging / "samples"))
     run_row = {
@@ -628,6 +636,13 @@ def _run_all(ctx: RunContext, force: bool) -> dict[str, Any]:
         # each stage resumes by itself: sampling draws only missing keys, labels only new files
         prepare(ctx)
         sample(ctx)
+        from pipeline.runs import nothing_staged
+
+        if nothing_staged(ctx.staging):  # every recorded file was imported before (pipeline.runs): a no-op
+            shutil.rmtree(ctx.staging, ignore_errors=True)
+            log.info("run %s: nothing new to import; not published", ctx.run_id)
+            return {"run_id": ctx.run_id, "skipped": True, "reason": "nothing new to import",
+                    "warehouse": str(ctx.data.warehouse)}
         label(ctx)
         validate(ctx)
         counts = publish(ctx)

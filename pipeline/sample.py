@@ -302,6 +302,9 @@ def sample_vllm(
 def import_recorded(loaded: LoadedStudy, run_id: str, prompts_dir: Path, samples_dir: Path,
                     deployments: set[str] | None = None) -> list[SampleSummary]:
     """Import the recorded sources of the study (all, or those of `deployments`) into staging."""
+    import shutil
+
+    from pipeline import runs
     from pipeline.backends.recorded import load_recorded
 
     out = []
@@ -309,7 +312,13 @@ def import_recorded(loaded: LoadedStudy, run_id: str, prompts_dir: Path, samples
         if deployments is not None and source.deployment not in deployments:
             continue
         path = loaded.resolve(source.path)
-        prompt_table, rows = load_recorded(source, path, loaded.study.name)
+        digest, fresh = runs.check_import(samples_dir.parent, run_id, loaded.study.name, source, path)
+        if not fresh:  # the same bytes are in the lake already: import nothing for this source
+            runs.drop_staged_import(samples_dir.parent, source.deployment)
+            (prompts_dir / f"recorded-{source.deployment}.parquet").unlink(missing_ok=True)
+            shutil.rmtree(hive_path(samples_dir, deployment=source.deployment), ignore_errors=True)
+            continue
+        prompt_table, rows = load_recorded(source, path, loaded.study.name, catalog=loaded.catalog)
         write_parquet_atomic(prompt_table, prompts_dir / f"recorded-{source.deployment}.parquet")
         by_id = {p["prompt_id"]: p for p in prompt_table.to_pylist()}
         by_model: dict[str, list[dict]] = {}
@@ -330,6 +339,8 @@ def import_recorded(loaded: LoadedStudy, run_id: str, prompts_dir: Path, samples
                 old.unlink()
             write_parquet_atomic(table, folder / "recorded.parquet")
             out.append(SampleSummary(model, source.deployment, table.num_rows, table.num_rows, 0))
+        runs.stage_import(samples_dir.parent, run_id, loaded.study.name, source, path, digest, len(rows),
+                          list(by_model))
         log.info("recorded %s: %d responses of %d models from %s", source.deployment, len(rows), len(by_model), path)
     return out
 

@@ -302,7 +302,8 @@ def speechmap_report(root: Path) -> Path:
         "name": "speechmap", "description": "recorded SpeechMap responses, no live model",
         "catalog": str(REPO_ROOT / "catalog"), "languages": ["en", "zh", "fi"],
         "recorded": [{"path": "$REFUSALS_SHARED_DATA/speechmap_responses.parquet",
-                      "deployment": "speechmap-recorded", "format": "speechmap"}],
+                      "deployment": "speechmap-recorded", "format": "speechmap",
+                      "force_reimport": True}],  # the same file in two weeks, on purpose
         "validation": {"max_error_rate": 0.05},
     }), encoding="utf-8")
     for run_id, run_date in (("speechmap-2026-W47", date(2026, 11, 20)), ("speechmap-2026-W48", date(2026, 11, 27))):

@@ -248,7 +248,9 @@ def test_query_without_warehouse_is_a_user_error(tmp_path: Path) -> None:
     assert not (tmp_path / "empty" / "warehouse.duckdb").exists()
 
 
-def test_second_run_is_loaded_incrementally(tmp_path: Path) -> None:
+def test_second_run_is_loaded_incrementally(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the same file imported twice is skipped (tests/test_runs.py); here the second run is forced
+    monkeypatch.setenv("REFUSALS_FORCE_REIMPORT", "1")
     rows = recorded_rows()
     study = write_recorded_study(tmp_path / "studies", rows)
     data = DataDir(tmp_path / "data")

@@ -19,21 +19,31 @@ Two formats:
 | `streamed_text` | what was shown while streaming, if it differs from `response` |
 | `rep` | repetition number (default: numbered per model and prompt) |
 | `label` | a label given elsewhere (`complied/refused/evasive/error`), kept as `source_label` |
+| `template` (`template_id`), `system_prompt` (`system_prompt_id`) | catalog ids of the variant asked |
+
+A row is paired with the study catalog's prompt variant it asked (`pipeline.pairing`): by
+`question_id` + `language` + a template and/or system-prompt id, or by its prompt text equal
+to a variant's text; it then gets the catalog's `prompt_id`, topic and ids, so its answers
+compare with live models' answers on the same prompt. Other rows keep a `recorded` variant of
+their own. Columns the mapping does not read are named in a warning (and ignored).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.backends.base import split_reasoning
-from pipeline.config import ISO_639_1, RecordedSource
+from pipeline.config import ISO_639_1, Catalog, RecordedSource
 from pipeline.errors import UserError
 from pipeline.prompts import PROMPT_SCHEMA, prompt_row
+
+log = logging.getLogger(__name__)
 
 SPEECHMAP_LABELS = {
     "COMPLETE": "complied",
@@ -45,6 +55,18 @@ SPEECHMAP_LABELS = {
 }
 
 GENERIC_REQUIRED = ("model", "prompt", "response")
+# the columns each format's mapping reads; any other column of a file is named in a warning
+SPEECHMAP_USED = ("model", "question_id", "question", "prompt_language", "criticism_target", "response_text",
+                  "reasoning_text", "finish_reason", "error_message", "judge_label")
+GENERIC_USED = ("model", "prompt", "response", "language", "topic", "topic_group", "question_id", "reasoning",
+                "finish_reason", "error", "streamed_text", "rep", "label", "template", "template_id",
+                "system_prompt", "system_prompt_id")
+
+
+def unused_columns(table: pa.Table, fmt: str) -> list[str]:
+    """The columns of a recorded file that its format's mapping does not read."""
+    used = SPEECHMAP_USED if fmt == "speechmap" else GENERIC_USED
+    return [c for c in table.column_names if c not in used]
 
 
 def _read_any(path: Path) -> pa.Table:
@@ -116,7 +138,8 @@ def _speechmap_rows(table: pa.Table, path: Path) -> list[dict]:
 
 
 _TEXT_FIELDS = ("model", "prompt", "response", "language", "topic", "topic_group", "question_id",
-                "reasoning", "finish_reason", "error", "streamed_text", "label")
+                "reasoning", "finish_reason", "error", "streamed_text", "label", "template", "template_id",
+                "system_prompt", "system_prompt_id")
 _LABELS = ("complied", "refused", "evasive", "error")
 
 
@@ -152,18 +175,13 @@ def _generic_rows(table: pa.Table, path: Path) -> list[dict]:
     if missing:
         raise UserError(f"{path}: missing required column(s) {', '.join(missing)} (see the recorded format)")
     out = []
-    seen: dict[tuple[str, str], int] = {}
     for i, r in enumerate(table.to_pylist()):
         if not r.get("model") or not r.get("prompt"):
             raise UserError(f"{path}: row {i + 1}: 'model' and 'prompt' must be non-empty")
         _check_generic_row(r, path, i + 1)
         lang = r.get("language") or "und"
         visible, think = split_reasoning(r.get("response"))
-        key = (r["model"], r["prompt"])
-        rep = r.get("rep")
-        if rep is None:
-            rep = seen.get(key, 0)
-            seen[key] = rep + 1
+        rep = r.get("rep")  # None: numbered per model and prompt variant once variants are known
         out.append(
             {
                 "model": r["model"],
@@ -177,16 +195,25 @@ def _generic_rows(table: pa.Table, path: Path) -> list[dict]:
                 "finish_reason": r.get("finish_reason"),
                 "error": r.get("error") or None,
                 "streamed_text": r.get("streamed_text"),
-                "rep": int(rep),
+                "rep": None if rep is None else int(rep),
                 "source_label": r.get("label"),
+                "_template_id": r.get("template_id") or r.get("template") or None,
+                "_system_prompt_id": r.get("system_prompt_id") or r.get("system_prompt") or None,
             }
         )
     return out
 
 
-def load_recorded(source: RecordedSource, path: Path, study: str) -> tuple[pa.Table, list[dict]]:
-    """Read a recorded file: (prompt variants, sample rows without run/deployment fields)."""
+def load_recorded(source: RecordedSource, path: Path, study: str, catalog: Catalog | None = None
+                  ) -> tuple[pa.Table, list[dict]]:
+    """Read a recorded file: (prompt variants, sample rows without run/deployment fields).
+
+    With `catalog`, rows are paired with its prompt variants (see `pipeline.pairing`)."""
     table = _read_any(path)
+    unused = unused_columns(table, source.format)
+    if unused:
+        log.warning("recorded %s: %s: column(s) %s not used by the %s mapping; ignored", source.deployment,
+                    path, ", ".join(unused), source.format)
     rows = _speechmap_rows(table, path) if source.format == "speechmap" else _generic_rows(table, path)
     if source.models is not None:
         rows = [r for r in rows if r["model"] in source.models]
@@ -214,8 +241,25 @@ def load_recorded(source: RecordedSource, path: Path, study: str) -> tuple[pa.Ta
     if not rows:
         raise UserError(f"{path}: no rows left after the study's filters (models/languages)")
 
+    from pipeline.pairing import CatalogIndex
+
+    index = CatalogIndex.build(catalog, study) if catalog is not None else None
+    paired = {"ids": 0, "text": 0, "ambiguous": 0, "none": 0}
     prompts: dict[str, dict] = {}
     for r in rows:
+        template_id, system_prompt_id = r.pop("_template_id", None), r.pop("_system_prompt_id", None)
+        if index is not None:
+            match, how = index.match(prompt_text=r["prompt"], question_id=r["question_id"], language=r["language"],
+                                     template_id=template_id, system_prompt_id=system_prompt_id)
+            paired[how] += 1
+            if match is not None:
+                r.pop("prompt")
+                p = {**match, "study": study, "source": f"recorded:{source.deployment}"}
+                prompts.setdefault(p["prompt_id"], p)
+                r.update(prompt_id=p["prompt_id"], topic=p["topic"], topic_group=p["topic_group"],
+                         question_id=p["question_id"], language=p["language"], template_id=p["template_id"],
+                         system_prompt_id=p["system_prompt_id"])
+                continue
         qid = r["question_id"] or "q-" + hashlib.sha256(r["prompt"].encode()).hexdigest()[:12]
         p = prompt_row(
             study=study,
@@ -234,6 +278,16 @@ def load_recorded(source: RecordedSource, path: Path, study: str) -> tuple[pa.Ta
         r["question_id"] = qid
         r["template_id"] = "recorded"
         r["system_prompt_id"] = "unknown"
+    if index is not None:
+        log.info("recorded %s: %d of %d rows paired with catalog prompts (%d by ids, %d by text)%s",
+                 source.deployment, paired["ids"] + paired["text"], len(rows), paired["ids"], paired["text"],
+                 f"; {paired['ambiguous']} matched several variants and stay unpaired" if paired["ambiguous"] else "")
+    seen: dict[tuple[str, str], int] = {}
+    for r in rows:  # reps not given: numbered per model and prompt variant, in file order
+        if r["rep"] is None:
+            key = (r["model"], r["prompt_id"])
+            r["rep"] = seen.get(key, 0)
+            seen[key] = r["rep"] + 1
     keys = [(r["model"], r["prompt_id"], r["rep"]) for r in rows]
     if len(set(keys)) != len(keys):
         dupes = len(keys) - len(set(keys))
