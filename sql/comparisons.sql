@@ -1,7 +1,11 @@
 -- comparisons: every test the report and the compare_* views show, one row per pair of
 -- cells and metric, from refusal_rates and prompt_weeks, rebuilt for the weeks in $weeks
 -- only (a loaded week and the week after it, whose week-over-week tests look back at it).
--- Both sides are always of one study: two studies are never compared or pooled.
+-- Cells are per study (refusal_rates), so nothing is pooled across studies. Week and language
+-- tests compare cells of one study (study_b = study). Deployment and model tests pair the
+-- same prompts (same prompt_id) answered in the same week, also across studies: the app's
+-- answers are often imported by one study and the local weights sampled by another;
+-- `study` is side a's, `study_b` side b's.
 --
 --   metric = 'refusal'     refused / valid
 --   metric = 'non_answer'  (refused + evasive + blocked) / valid
@@ -32,7 +36,7 @@
 -- a metric and kind in a week (every study, model, deployment, topic and language compared
 -- that week); `significant` is q_value < 0.05.
 CREATE TABLE IF NOT EXISTS comparisons (
-    study VARCHAR, metric VARCHAR, kind VARCHAR, model VARCHAR, model_b VARCHAR,
+    study VARCHAR, study_b VARCHAR, metric VARCHAR, kind VARCHAR, model VARCHAR, model_b VARCHAR,
     deployment_a VARCHAR, deployment_b VARCHAR, topic VARCHAR,
     topic_group VARCHAR, language_a VARCHAR, language_b VARCHAR, week_a VARCHAR, week_b VARCHAR,
     n_prompts_a BIGINT, n_prompts_b BIGINT, rate_a DOUBLE, rate_b DOUBLE, n_eff_a DOUBLE,
@@ -84,7 +88,7 @@ current AS MATERIALIZED (
 ),
 -- prompts asked on both sides of a same-prompt comparison, one row per prompt and metric
 shared AS (
-    SELECT a.study, a.metric, 'week' AS kind, a.model, a.model AS model_b,
+    SELECT a.study, b.study AS study_b, a.metric, 'week' AS kind, a.model, a.model AS model_b,
            a.deployment AS deployment_a, a.deployment AS deployment_b,
            a.topic, a.topic_group, a.language, a.week AS week_a, b.week AS week_b, a.prompt_id,
            a.n_valid AS valid_a, a.n_pos AS pos_a, b.n_valid AS valid_b, b.n_pos AS pos_b
@@ -94,22 +98,22 @@ shared AS (
      AND b.model = a.model AND b.deployment = a.deployment AND b.week = a.prev_week
      AND b.prompt_id = a.prompt_id
     UNION ALL
-    SELECT a.study, a.metric, 'deployment', a.model, a.model, a.deployment, b.deployment,
+    SELECT a.study, b.study, a.metric, 'deployment', a.model, a.model, a.deployment, b.deployment,
            a.topic, a.topic_group, a.language, a.week, b.week, a.prompt_id,
            a.n_valid, a.n_pos, b.n_valid, b.n_pos
     FROM per_prompt AS a
     JOIN per_prompt AS b
-      ON b.study IS NOT DISTINCT FROM a.study AND b.metric = a.metric
+      ON b.metric = a.metric
      AND a.model = b.model AND a.week = b.week AND a.prompt_id = b.prompt_id
      AND a.deployment < b.deployment
     WHERE list_contains($weeks, a.week)
     UNION ALL
-    SELECT a.study, a.metric, 'model', a.model, b.model, a.deployment, b.deployment,
+    SELECT a.study, b.study, a.metric, 'model', a.model, b.model, a.deployment, b.deployment,
            a.topic, a.topic_group, a.language, a.week, b.week, a.prompt_id,
            a.n_valid, a.n_pos, b.n_valid, b.n_pos
     FROM per_prompt AS a
     JOIN per_prompt AS b
-      ON b.study IS NOT DISTINCT FROM a.study AND b.metric = a.metric
+      ON b.metric = a.metric
      AND a.deployment = b.deployment AND a.week = b.week AND a.prompt_id = b.prompt_id
      AND a.model < b.model
     WHERE list_contains($weeks, a.week)
@@ -117,7 +121,7 @@ shared AS (
 -- Cochran-Mantel-Haenszel over prompts: observed minus expected events of side a in each
 -- prompt's 2×2 table, and the hypergeometric variance
 stratified AS (
-    SELECT study, metric, kind, model, model_b, deployment_a, deployment_b, topic,
+    SELECT study, study_b, metric, kind, model, model_b, deployment_a, deployment_b, topic,
            any_value(topic_group) AS topic_group, language, week_a, week_b, count(*) AS n_prompts,
            sum(valid_a) AS valid_a, sum(pos_a) AS pos_a,
            sum(valid_b) AS valid_b, sum(pos_b) AS pos_b,
@@ -126,10 +130,10 @@ stratified AS (
                    valid_a * valid_b * (pos_a + pos_b) * (valid_a + valid_b - pos_a - pos_b)
                    / (power(valid_a + valid_b, 2) * (valid_a + valid_b - 1.0)) ELSE 0 END) AS cmh_var
     FROM shared
-    GROUP BY study, metric, kind, model, model_b, deployment_a, deployment_b, topic, language, week_a, week_b
+    GROUP BY study, study_b, metric, kind, model, model_b, deployment_a, deployment_b, topic, language, week_a, week_b
 ),
 same_prompts AS (
-    SELECT study, metric, kind, model, model_b, deployment_a, deployment_b, topic, topic_group,
+    SELECT study, study_b, metric, kind, model, model_b, deployment_a, deployment_b, topic, topic_group,
            language AS language_a, language AS language_b, week_a, week_b,
            n_prompts AS n_prompts_a, n_prompts AS n_prompts_b,
            pos_a / valid_a AS rate_a, pos_b / valid_b AS rate_b,
@@ -142,7 +146,7 @@ same_prompts AS (
     FROM stratified
 ),
 languages AS (
-    SELECT a.study, a.metric, 'language' AS kind, a.model, a.model AS model_b,
+    SELECT a.study, b.study AS study_b, a.metric, 'language' AS kind, a.model, a.model AS model_b,
            a.deployment AS deployment_a, a.deployment AS deployment_b,
            a.topic, a.topic_group, a.language AS language_a, b.language AS language_b,
            a.week AS week_a, b.week AS week_b, a.n_prompts AS n_prompts_a, b.n_prompts AS n_prompts_b,
@@ -190,7 +194,7 @@ bh AS (
 adjusted AS (
     SELECT * FROM numbered JOIN bh USING (id)
 )
-SELECT study, metric, kind, model, model_b, deployment_a, deployment_b, topic, topic_group,
+SELECT study, study_b, metric, kind, model, model_b, deployment_a, deployment_b, topic, topic_group,
        language_a, language_b, week_a, week_b, n_prompts_a, n_prompts_b, rate_a, rate_b,
        n_eff_a, n_eff_b, diff, diff_ci_low, diff_ci_high, test, z, df, p_value,
        m AS family_size, q_value, q_value < 0.05 AS significant

@@ -277,7 +277,8 @@ def test_sql_files_bind_only_named_parameters() -> None:
     from pipeline.warehouse import _code
 
     for name, allowed in (("prompt_weeks", {"weeks"}), ("refusal_rates", {"weeks"}), ("comparisons", {"weeks"}),
-                          ("compare_weeks", set()), ("compare_languages", set()), ("compare_deployments", set())):
+                          ("compare_weeks", set()), ("compare_languages", set()), ("compare_deployments", set()),
+                          ("compare_models", set())):
         used = {m for stmt in statements(name) for m in re.findall(r"\$(\w+)", _code(stmt))}
         assert used == allowed, name
     con = duckdb.connect()

@@ -160,3 +160,19 @@ def test_well_measured_follows_min_prompts() -> None:
     got = {r["topic"]: r["well_measured"] for r in dicts(con, "SELECT topic, well_measured FROM refusal_rates")}
     assert got == {"nine": False, "ten": True}
     assert con.execute("SELECT min_prompts()").fetchone() == (10,)
+
+
+def test_deployments_pair_across_studies_on_shared_prompts() -> None:
+    # the app's answers imported by one study, the local weights sampled by another: the
+    # same prompts in the same week are compared (cells stay apart, one per study)
+    rng = np.random.default_rng(6)
+    rows = with_study(prompt_rows(rng, p=np.ones(5), reps=4, deployment="app", prefix="p"), "import")
+    rows += with_study(prompt_rows(rng, p=np.zeros(5), reps=4, deployment="local", prefix="p"), "demo")
+    con = marts(rows)
+    (d,) = dicts(con, "SELECT * FROM compare_deployments WHERE metric = 'refusal'")
+    assert (d["study"], d["study_b"], d["deployment_a"], d["deployment_b"], d["n_shared_prompts"]) == (
+        "import", "demo", "app", "local", 5)
+    assert d["significant"]
+    assert {r["study"] for r in dicts(con, "SELECT study FROM refusal_rates")} == {"import", "demo"}
+    # weeks and languages never cross studies
+    assert all(r["study_b"] == r["study"] for r in dicts(con, "SELECT * FROM comparisons WHERE kind IN ('week', 'language')"))
