@@ -45,37 +45,33 @@ CREATE TABLE IF NOT EXISTS comparisons (
 );
 DELETE FROM comparisons WHERE list_contains($weeks, week_a);
 INSERT INTO comparisons BY NAME
+-- Both metrics ride along in one row through the joins and sums (r: refusal, a: non-answer)
+-- and are split into one row per metric only at the end: the joins are the cost.
 WITH metrics AS (
     SELECT * FROM (VALUES ('refusal'), ('non_answer')) AS v(metric)
 ),
--- each cell once per metric: its rate, effective n and interval for that metric
 rates AS (
-    SELECT r.study, r.model, r.deployment, r.topic, r.topic_group, r.language, r.week, r.n_prompts,
-           m.metric,
-           CASE m.metric WHEN 'refusal' THEN r.refusal_rate ELSE r.non_answer_rate END AS rate,
-           CASE m.metric WHEN 'refusal' THEN r.n_eff ELSE r.non_answer_n_eff END AS n_eff,
-           CASE m.metric WHEN 'refusal' THEN r.ci_low ELSE r.non_answer_ci_low END AS lo,
-           CASE m.metric WHEN 'refusal' THEN r.ci_high ELSE r.non_answer_ci_high END AS hi
-    FROM refusal_rates AS r CROSS JOIN metrics AS m
-    WHERE r.refusal_rate IS NOT NULL
+    SELECT study, model, deployment, topic, topic_group, language, week, n_prompts,
+           refusal_rate, n_eff, ci_low, ci_high,
+           non_answer_rate, non_answer_n_eff, non_answer_ci_low, non_answer_ci_high
+    FROM refusal_rates
+    WHERE refusal_rate IS NOT NULL
 ),
 previous AS (
     SELECT study, model, deployment, topic, language, week, lag(week) OVER w AS prev_week
-    FROM (SELECT DISTINCT study, model, deployment, topic, language, week FROM rates)
+    FROM rates
     WINDOW w AS (PARTITION BY study, model, deployment, topic, language ORDER BY week)
 ),
 this_week AS (
     SELECT * FROM previous WHERE list_contains($weeks, week)
 ),
--- the prompts (runs of a week summed, see prompt_weeks.sql) of the weeks compared; n_pos
--- is the metric's count
+-- the prompts (runs of a week summed, see prompt_weeks.sql) of the weeks compared
 per_prompt AS (
-    SELECT p.study, p.model, p.deployment, p.week, p.prompt_id, p.topic, p.topic_group, p.language,
-           p.n_valid, m.metric,
-           CASE m.metric WHEN 'refusal' THEN p.n_refused ELSE p.n_non_answer END AS n_pos
-    FROM prompt_weeks AS p CROSS JOIN metrics AS m
-    WHERE p.n_valid > 0
-      AND (list_contains($weeks, p.week) OR p.week IN (SELECT prev_week FROM this_week))
+    SELECT study, model, deployment, week, prompt_id, topic, topic_group, language,
+           n_valid, n_refused AS n_r, n_non_answer AS n_a
+    FROM prompt_weeks
+    WHERE n_valid > 0
+      AND (list_contains($weeks, week) OR week IN (SELECT prev_week FROM this_week))
 ),
 -- this week's prompts, each with the week its cell is compared with
 current AS MATERIALIZED (
@@ -86,51 +82,53 @@ current AS MATERIALIZED (
      AND v.topic = a.topic AND v.language = a.language AND v.week = a.week
     WHERE v.prev_week IS NOT NULL
 ),
--- prompts asked on both sides of a same-prompt comparison, one row per prompt and metric
+-- prompts asked on both sides of a same-prompt comparison, one row per prompt
 shared AS (
-    SELECT a.study, b.study AS study_b, a.metric, 'week' AS kind, a.model, a.model AS model_b,
+    SELECT a.study, b.study AS study_b, 'week' AS kind, a.model, a.model AS model_b,
            a.deployment AS deployment_a, a.deployment AS deployment_b,
            a.topic, a.topic_group, a.language, a.week AS week_a, b.week AS week_b, a.prompt_id,
-           a.n_valid AS valid_a, a.n_pos AS pos_a, b.n_valid AS valid_b, b.n_pos AS pos_b
+           a.n_valid AS valid_a, a.n_r AS r_a, a.n_a AS a_a, b.n_valid AS valid_b, b.n_r AS r_b, b.n_a AS a_b
     FROM current AS a
     JOIN per_prompt AS b
-      ON b.study IS NOT DISTINCT FROM a.study AND b.metric = a.metric
+      ON b.study IS NOT DISTINCT FROM a.study
      AND b.model = a.model AND b.deployment = a.deployment AND b.week = a.prev_week
      AND b.prompt_id = a.prompt_id
     UNION ALL
-    SELECT a.study, b.study, a.metric, 'deployment', a.model, a.model, a.deployment, b.deployment,
+    SELECT a.study, b.study, 'deployment', a.model, a.model, a.deployment, b.deployment,
            a.topic, a.topic_group, a.language, a.week, b.week, a.prompt_id,
-           a.n_valid, a.n_pos, b.n_valid, b.n_pos
+           a.n_valid, a.n_r, a.n_a, b.n_valid, b.n_r, b.n_a
     FROM per_prompt AS a
     JOIN per_prompt AS b
-      ON b.metric = a.metric
-     AND a.model = b.model AND a.week = b.week AND a.prompt_id = b.prompt_id
+      ON a.model = b.model AND a.week = b.week AND a.prompt_id = b.prompt_id
      AND a.deployment < b.deployment
     WHERE list_contains($weeks, a.week)
     UNION ALL
-    SELECT a.study, b.study, a.metric, 'model', a.model, b.model, a.deployment, b.deployment,
+    SELECT a.study, b.study, 'model', a.model, b.model, a.deployment, b.deployment,
            a.topic, a.topic_group, a.language, a.week, b.week, a.prompt_id,
-           a.n_valid, a.n_pos, b.n_valid, b.n_pos
+           a.n_valid, a.n_r, a.n_a, b.n_valid, b.n_r, b.n_a
     FROM per_prompt AS a
     JOIN per_prompt AS b
-      ON b.metric = a.metric
-     AND a.deployment = b.deployment AND a.week = b.week AND a.prompt_id = b.prompt_id
+      ON a.deployment = b.deployment AND a.week = b.week AND a.prompt_id = b.prompt_id
      AND a.model < b.model
     WHERE list_contains($weeks, a.week)
 ),
 -- Cochran-Mantel-Haenszel over prompts: observed minus expected events of side a in each
--- prompt's 2×2 table, and the hypergeometric variance
+-- prompt's 2×2 table, and the hypergeometric variance, for both metrics
 stratified AS (
-    SELECT study, study_b, metric, kind, model, model_b, deployment_a, deployment_b, topic,
+    SELECT study, study_b, kind, model, model_b, deployment_a, deployment_b, topic,
            any_value(topic_group) AS topic_group, language, week_a, week_b, count(*) AS n_prompts,
-           sum(valid_a) AS valid_a, sum(pos_a) AS pos_a,
-           sum(valid_b) AS valid_b, sum(pos_b) AS pos_b,
-           sum(pos_a - valid_a * (pos_a + pos_b) / (valid_a + valid_b)) AS cmh_num,
+           sum(valid_a) AS valid_a, sum(valid_b) AS valid_b,
+           sum(r_a) AS r_a, sum(r_b) AS r_b, sum(a_a) AS a_a, sum(a_b) AS a_b,
+           sum(r_a - valid_a * (r_a + r_b) / (valid_a + valid_b)) AS num_r,
            sum(CASE WHEN valid_a + valid_b > 1 THEN
-                   valid_a * valid_b * (pos_a + pos_b) * (valid_a + valid_b - pos_a - pos_b)
-                   / (power(valid_a + valid_b, 2) * (valid_a + valid_b - 1.0)) ELSE 0 END) AS cmh_var
+                   valid_a * valid_b * (r_a + r_b) * (valid_a + valid_b - r_a - r_b)
+                   / (power(valid_a + valid_b, 2) * (valid_a + valid_b - 1.0)) ELSE 0 END) AS var_r,
+           sum(a_a - valid_a * (a_a + a_b) / (valid_a + valid_b)) AS num_a,
+           sum(CASE WHEN valid_a + valid_b > 1 THEN
+                   valid_a * valid_b * (a_a + a_b) * (valid_a + valid_b - a_a - a_b)
+                   / (power(valid_a + valid_b, 2) * (valid_a + valid_b - 1.0)) ELSE 0 END) AS var_a
     FROM shared
-    GROUP BY study, study_b, metric, kind, model, model_b, deployment_a, deployment_b, topic, language, week_a, week_b
+    GROUP BY study, study_b, kind, model, model_b, deployment_a, deployment_b, topic, language, week_a, week_b
 ),
 same_prompts AS (
     SELECT study, study_b, metric, kind, model, model_b, deployment_a, deployment_b, topic, topic_group,
@@ -143,24 +141,52 @@ same_prompts AS (
            CASE WHEN cmh_var > 0 THEN cmh_num / sqrt(cmh_var) ELSE 0.0 END AS z,
            NULL::DOUBLE AS df,
            'cmh' AS test
-    FROM stratified
+    FROM (
+        SELECT s.*, m.metric,
+               CASE m.metric WHEN 'refusal' THEN r_a ELSE a_a END AS pos_a,
+               CASE m.metric WHEN 'refusal' THEN r_b ELSE a_b END AS pos_b,
+               CASE m.metric WHEN 'refusal' THEN num_r ELSE num_a END AS cmh_num,
+               CASE m.metric WHEN 'refusal' THEN var_r ELSE var_a END AS cmh_var
+        FROM stratified AS s CROSS JOIN metrics AS m
+    )
 ),
-languages AS (
-    SELECT a.study, b.study AS study_b, a.metric, 'language' AS kind, a.model, a.model AS model_b,
-           a.deployment AS deployment_a, a.deployment AS deployment_b,
-           a.topic, a.topic_group, a.language AS language_a, b.language AS language_b,
-           a.week AS week_a, b.week AS week_b, a.n_prompts AS n_prompts_a, b.n_prompts AS n_prompts_b,
-           a.rate AS rate_a, b.rate AS rate_b, a.n_eff AS n_eff_a, b.n_eff AS n_eff_b,
-           a.lo AS lo_a, a.hi AS hi_a, b.lo AS lo_b, b.hi AS hi_b,
-           diff_z(a.rate, a.n_eff, b.rate, b.n_eff) AS z,
-           diff_df(a.n_eff, a.n_prompts, b.n_eff, b.n_prompts) AS df,
-           'cluster_t' AS test
+language_pairs AS (
+    SELECT a.study, b.study AS study_b, a.model, a.deployment, a.topic, a.topic_group,
+           a.language AS language_a, b.language AS language_b, a.week AS week_a, b.week AS week_b,
+           a.n_prompts AS n_prompts_a, b.n_prompts AS n_prompts_b,
+           a.refusal_rate AS r_rate_a, a.n_eff AS r_neff_a, a.ci_low AS r_lo_a, a.ci_high AS r_hi_a,
+           b.refusal_rate AS r_rate_b, b.n_eff AS r_neff_b, b.ci_low AS r_lo_b, b.ci_high AS r_hi_b,
+           a.non_answer_rate AS a_rate_a, a.non_answer_n_eff AS a_neff_a,
+           a.non_answer_ci_low AS a_lo_a, a.non_answer_ci_high AS a_hi_a,
+           b.non_answer_rate AS a_rate_b, b.non_answer_n_eff AS a_neff_b,
+           b.non_answer_ci_low AS a_lo_b, b.non_answer_ci_high AS a_hi_b
     FROM rates AS a
     JOIN rates AS b
-      ON b.study IS NOT DISTINCT FROM a.study AND a.metric = b.metric
+      ON b.study IS NOT DISTINCT FROM a.study
      AND a.model = b.model AND a.deployment = b.deployment AND a.topic = b.topic
      AND a.week = b.week AND a.language < b.language
     WHERE list_contains($weeks, a.week)
+),
+languages AS (
+    SELECT study, study_b, metric, 'language' AS kind, model, model AS model_b,
+           deployment AS deployment_a, deployment AS deployment_b, topic, topic_group,
+           language_a, language_b, week_a, week_b, n_prompts_a, n_prompts_b,
+           rate_a, rate_b, n_eff_a, n_eff_b, lo_a, hi_a, lo_b, hi_b,
+           diff_z(rate_a, n_eff_a, rate_b, n_eff_b) AS z,
+           diff_df(n_eff_a, n_prompts_a, n_eff_b, n_prompts_b) AS df,
+           'cluster_t' AS test
+    FROM (
+        SELECT p.*, m.metric,
+               CASE m.metric WHEN 'refusal' THEN r_rate_a ELSE a_rate_a END AS rate_a,
+               CASE m.metric WHEN 'refusal' THEN r_rate_b ELSE a_rate_b END AS rate_b,
+               CASE m.metric WHEN 'refusal' THEN r_neff_a ELSE a_neff_a END AS n_eff_a,
+               CASE m.metric WHEN 'refusal' THEN r_neff_b ELSE a_neff_b END AS n_eff_b,
+               CASE m.metric WHEN 'refusal' THEN r_lo_a ELSE a_lo_a END AS lo_a,
+               CASE m.metric WHEN 'refusal' THEN r_hi_a ELSE a_hi_a END AS hi_a,
+               CASE m.metric WHEN 'refusal' THEN r_lo_b ELSE a_lo_b END AS lo_b,
+               CASE m.metric WHEN 'refusal' THEN r_hi_b ELSE a_hi_b END AS hi_b
+        FROM language_pairs AS p CROSS JOIN metrics AS m
+    )
 ),
 pairs AS (
     SELECT * FROM same_prompts

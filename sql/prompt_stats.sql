@@ -65,5 +65,5 @@ SELECT $run_id AS run_id, study, week, model, deployment, prompt_id, topic, topi
        classifier_version
 FROM final;
 -- the run's blocked samples, on its runs row (when the run record did not carry them)
-UPDATE runs SET n_blocked = (SELECT count(*) FROM labels WHERE run_id = $run_id AND label = 'blocked')
+UPDATE runs SET n_blocked = (SELECT coalesce(sum(n_blocked), 0) FROM prompt_stats WHERE run_id = $run_id)
 WHERE run_id = $run_id AND n_blocked IS NULL;
