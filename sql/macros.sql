@@ -114,11 +114,12 @@ CREATE OR REPLACE MACRO deff(s_mm, trials, icc) AS
 CREATE OR REPLACE MACRO n_eff_design(s_mm, trials, icc) AS
     CASE WHEN trials > 0 THEN trials / deff(s_mm, trials, icc) END;
 
--- The cell interval: Agresti-Coull (the "add z²/2 successes and failures" interval) on the
--- effective sample size n, with the normal quantile replaced by Student's t on the design's
--- degrees of freedom when prompts are few (small-cluster correction, see cell_quantile).
--- Agresti-Coull rather than Wilson: at small p and n (p = 0.05, n = 20) Wilson's lower
--- bound is too high and covers 92%. Monotone (non-decreasing) in p for a fixed n.
+-- The cell interval: Agresti-Coull (the "add q²/2 successes and failures" interval) on the
+-- effective sample size n with quantile q (cell_quantile: Student's t on n - 1 degrees of
+-- freedom, the small-sample correction for few prompts). Agresti-Coull rather than Wilson:
+-- at small p and n (p = 0.05, n = 20) Wilson's lower bound is too high and covers 92%.
+-- Both ends are non-decreasing in p for a fixed n (the clipped ends are past the turning
+-- point of p̃ ∓ q·se(p̃)).
 CREATE OR REPLACE MACRO ac_low(p, n, q) AS
     CASE WHEN p IS NOT NULL AND n > 0 THEN greatest(0.0,
         (p * n + q * q / 2) / (n + q * q)
@@ -146,6 +147,11 @@ CREATE OR REPLACE MACRO t975(df) AS
 -- effective number of independent answers; with ICC 1 that is prompts - 1, the cluster
 -- count's), a small-sample correction that vanishes as n_eff grows.
 CREATE OR REPLACE MACRO cell_quantile(n_eff) AS t975(n_eff - 1);
+
+-- The cell interval of refusal_rates for a rate p on an effective sample size n_eff (for ad
+-- hoc SQL: e.g. cell_low(0.1, 20 / deff(200, 20, 0.3))).
+CREATE OR REPLACE MACRO cell_low(p, n_eff) AS ac_low(p, n_eff, cell_quantile(n_eff));
+CREATE OR REPLACE MACRO cell_high(p, n_eff) AS ac_high(p, n_eff, cell_quantile(n_eff));
 
 -- --------------------------------------------------------- classifier error (Rogan-Gladen)
 -- The true rate behind an observed rate p of a classifier with sensitivity se and

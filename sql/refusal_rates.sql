@@ -13,9 +13,9 @@
 -- deff = 1 + (k̄ - 1) ICC, k̄ = Σ m_g² / Σ m_g, with the ICC estimated by one-way ANOVA over
 -- prompts within cells, pooled over the model's other informative cells in that study and
 -- week (per metric; leave-one-out, so n_eff is free of the cell's own count), shrunk toward
--- a prior (macros icc_anova, icc_shrunk). n_eff = n / deff
--- enters an Agresti-Coull interval with Student's t on n_eff - 1 degrees of freedom in
--- place of z (cell_quantile: a small-sample correction, prompts - 1 df when ICC = 1).
+-- a prior (macros icc_anova, icc_shrunk). n_eff = n / deff enters an Agresti-Coull
+-- interval with Student's t on n_eff - 1 degrees of freedom in place of z (macros
+-- cell_low/cell_high; coverage simulated in tests/test_interval_coverage.py).
 -- cluster_se is the cluster-robust (CR1) standard error of the refusal rate, for reference.
 --
 -- Corrected rates: the classifier's confusion matrix (classifier_confusion, measured on
@@ -26,6 +26,15 @@
 -- the confusion's own binomial uncertainty (macros corrected_low/high). NULL without a matrix.
 --
 -- well_measured: n_prompts >= min_prompts() (macros.sql): rank these above the others.
+--
+-- Columns: counts n_prompts (with a valid answer), n_samples, n_valid, n_refused, n_evasive,
+-- n_blocked, n_non_answer, n_error, n_truncated; per metric rate, ci_low/ci_high, n_eff,
+-- icc, deff (refusal: refusal_rate, ci_low, ci_high, n_eff, icc, deff; non-answer:
+-- non_answer_*); evasive_rate/_ci_low/_ci_high; blocked_rate, truncated_rate, error_rate,
+-- language_mismatch_rate, flip_rate, non_answer_flip_rate, between_prompt_share,
+-- well_measured; classifier_version (the cell's labels), confusion_version and
+-- confusion_language (the matrix used), corrected_refusal_rate/_ci_low/_ci_high,
+-- corrected_non_answer_rate/_ci_low/_ci_high.
 CREATE TABLE IF NOT EXISTS refusal_rates (
     study VARCHAR, model VARCHAR, deployment VARCHAR, topic VARCHAR, topic_group VARCHAR, language VARCHAR,
     week VARCHAR, n_prompts BIGINT, n_samples BIGINT, n_valid BIGINT, n_refused BIGINT,
@@ -143,9 +152,6 @@ designed AS (
 intervals AS (
     SELECT *,
            n_valid / deff_r AS n_eff_r, n_valid / deff_a AS n_eff_a, n_valid / deff_e AS n_eff_e,
-           cell_quantile(n_valid / deff_r) AS q_r,
-           cell_quantile(n_valid / deff_a) AS q_a,
-           cell_quantile(n_valid / deff_e) AS q_e,
            CASE WHEN n_prompts > 1 THEN
                n_prompts / (n_prompts - 1.0)
                * greatest(0.0, s_rr - 2 * refusal_rate * s_rm + refusal_rate * refusal_rate * s_mm)
@@ -155,11 +161,11 @@ intervals AS (
 ),
 bounded AS (
     SELECT *,
-           ac_low(refusal_rate, n_eff_r, q_r) AS ci_low, ac_high(refusal_rate, n_eff_r, q_r) AS ci_high,
-           ac_low(non_answer_rate, n_eff_a, q_a) AS non_answer_ci_low,
-           ac_high(non_answer_rate, n_eff_a, q_a) AS non_answer_ci_high,
-           ac_low(evasive_rate, n_eff_e, q_e) AS evasive_ci_low,
-           ac_high(evasive_rate, n_eff_e, q_e) AS evasive_ci_high
+           cell_low(refusal_rate, n_eff_r) AS ci_low, cell_high(refusal_rate, n_eff_r) AS ci_high,
+           cell_low(non_answer_rate, n_eff_a) AS non_answer_ci_low,
+           cell_high(non_answer_rate, n_eff_a) AS non_answer_ci_high,
+           cell_low(evasive_rate, n_eff_e) AS evasive_ci_low,
+           cell_high(evasive_rate, n_eff_e) AS evasive_ci_high
     FROM intervals
 ),
 -- the classifier's binary sensitivity and specificity per version and language; gold or
