@@ -269,8 +269,9 @@ def write_markdown(path: str = "/tmp/readme_intervals.md") -> str:
         markdown(tab),
         "",
         f"Coverage: min {min(cov):.3f}, max {max(cov):.3f}; for p in {{0.2, 0.5}} with 20 or more prompts "
-        f"{min(inside):.3f}-{max(inside):.3f}. At p = 0 every interval covers (its lower end is 0); at small p "
-        "and few prompts the intervals are conservative, as any interval that holds 95% there must be.",
+        f"{min(inside):.3f}-{max(inside):.3f}. At p = 0 every interval covers (its lower end is 0). With few "
+        "prompts or small p the intervals are conservative (up to 100%): the t correction on few effective "
+        "answers, and counts too coarse for any interval to sit at 95% (2 prompts of 1 answer each).",
         "",
     ])
     with open(path, "w", encoding="utf-8") as f:
