@@ -242,7 +242,7 @@ def test_latest_week_is_the_default(two_weeks) -> None:
 def test_week_over_week_shows_the_significant_change(two_weeks) -> None:
     data = two_weeks["data"]
     _, sig = query(data, """SELECT model, deployment, language, prev_week, rate, prev_rate, q_value
-                            FROM compare_weeks WHERE week = '2026-W48' AND significant""")
+                            FROM compare_weeks WHERE metric = 'refusal' AND week = '2026-W48' AND significant""")
     assert [(m, d, lang, prev) for m, d, lang, prev, *_ in sig] == [("m1", "api", "zh", "2026-W47")]
     _, _, _, _, rate, prev_rate, q = sig[0]
     assert (rate, prev_rate) == (pytest.approx(18 / 20), 0.0)
@@ -256,8 +256,8 @@ def test_week_over_week_shows_the_significant_change(two_weeks) -> None:
 
 def test_language_and_deployment_gaps_are_highlighted_with_q_values(two_weeks) -> None:
     data = two_weeks["data"]
-    _, langs = query(data, "SELECT model, deployment, q_value FROM compare_languages WHERE week = '2026-W48' AND significant")
-    _, deps = query(data, "SELECT model, language, q_value FROM compare_deployments WHERE week = '2026-W48' AND significant")
+    _, langs = query(data, "SELECT model, deployment, q_value FROM compare_languages WHERE metric = 'refusal' AND week = '2026-W48' AND significant")
+    _, deps = query(data, "SELECT model, language, q_value FROM compare_deployments WHERE metric = 'refusal' AND week = '2026-W48' AND significant")
     assert [(m, d) for m, d, _ in langs] == [("m1", "api")]  # zh 90% vs en 0%
     assert sorted((m, lang) for m, lang, _ in deps) == [("m1", "en")]  # app 100% vs api 0%
     for sid, rows in (("languages", langs), ("deployments", deps)):
