@@ -11,14 +11,14 @@ warehouse stays small and fast. The comparison tables (`compare_weeks`, `compare
 `compare_deployments`) may be absent from an older warehouse: their sections then say
 "not available" instead of failing.
 
-Model output is untrusted: the HTML template autoescapes everything (and the page's
-Content-Security-Policy forbids scripts and remote loads), and the Markdown escapes HTML and
-table syntax in quoted responses.
+Model output, and every name that comes from a study or a recorded file, is untrusted: the
+HTML template autoescapes everything (and the page's Content-Security-Policy forbids scripts
+and remote loads); the Markdown template makes every value inert text (`pipeline.mdsafe`: no
+HTML, link, image, code span or table cell boundary), by default, as autoescape does for HTML.
 """
 
 from __future__ import annotations
 
-import html
 import json
 import logging
 import math
@@ -436,15 +436,6 @@ def _span(comparison: dict[str, Any]) -> float:
     return min(1.0, max(0.25, math.ceil(max(bounds, default=0.0) * 4) / 4))
 
 
-def _md_escape(text: str | None, limit: int = 300) -> str:
-    if text is None:
-        return "(no response)"
-    text = " ".join(str(text).split())
-    if len(text) > limit:
-        text = text[:limit] + "…"
-    return html.escape(text, quote=False).replace("|", "\\|").replace("`", "\\`").replace("*", "\\*").replace("_", "\\_")
-
-
 def _grids(context: dict[str, Any]) -> list[dict[str, Any]]:
     """Heat maps, one per deployment. Few topic × language columns: one row per model (models
     are compared down a column). Many: one small topic × language table per model."""
@@ -472,26 +463,35 @@ def _grids(context: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def render(context: dict[str, Any]) -> tuple[str, str]:
-    """(html, markdown) of a report."""
+def _environment(markdown: bool) -> Any:
+    """The Jinja environment of the HTML page (autoescaped HTML) or of the Markdown (every value
+    made inert Markdown text by `finalize`, unless a filter has already done so)."""
     import jinja2
     import markupsafe
 
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATES),
-        autoescape=jinja2.select_autoescape(["html", "j2"], default=True),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    # `md` escapes on its own; Markup stops autoescape (on for every .j2) from escaping it twice
+    from pipeline.mdsafe import inline
+
+    options: dict[str, Any] = {}
+    if markdown:
+        options["autoescape"] = False
+        options["finalize"] = lambda v: v if isinstance(v, markupsafe.Markup) else markupsafe.Markup(inline(v))
+    else:
+        options["autoescape"] = jinja2.select_autoescape(["html", "j2"], default=True)
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
+                             trim_blocks=True, lstrip_blocks=True, **options)
+    # `md` escapes for Markdown on its own; Markup stops escaping from applying twice
     env.filters.update(pct=_pct, pp=_pp, q=_q, heat=_heat, x=_x,
-                       md=lambda t, limit=300: markupsafe.Markup(_md_escape(t, limit)),
+                       md=lambda t, limit=300, none="–": markupsafe.Markup(inline(t, limit, none)),
                        short=lambda t, n=400: (t or "")[:n] + ("…" if t and len(t) > n else ""))
+    return env
+
+
+def render(context: dict[str, Any]) -> tuple[str, str]:
+    """(html, markdown) of a report."""
     compare = {name: {**c, "span": _span(c)} for name, c in context["compare"].items()}
     context = {**context, "compare": compare, "grids": _grids(context)}
-    page = env.get_template("report.html.j2").render(**context)
-    md = env.get_template("report.md.j2").render(**context)
+    page = _environment(markdown=False).get_template("report.html.j2").render(**context)
+    md = _environment(markdown=True).get_template("report.md.j2").render(**context)
     return page, md
 
 
