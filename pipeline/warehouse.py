@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+from pathlib import Path
 from typing import Any
 
 from pipeline.lake import parquet_files
@@ -26,7 +27,10 @@ SQL_DIR = resource_dir("sql")
 PER_RUN = ("runs", "prompts", "samples", "labels")  # loaded from the lake, in this order
 MARTS = ("prompt_stats",)  # per run, from the tables above
 GLOBAL = ("prompt_weeks", "refusal_rates", "comparisons")  # per week, from the per-run marts
-VIEWS = ("compare_weeks", "compare_languages", "compare_deployments")  # over `comparisons`
+VIEWS = ("compare_weeks", "compare_languages", "compare_deployments", "compare_models")  # over `comparisons`
+# the classifier's confusion matrices (`refusals eval-classifier --json` plus a top-level
+# "classifier_version"), read by refusal_rates for the misclassification-corrected rates
+CONFUSION_FILE = Path(__file__).resolve().parent / "semantic" / "confusion.json"
 
 
 def _code(sql: str) -> str:
@@ -66,8 +70,64 @@ def install_macros(con: Any) -> None:
 def sql_fingerprints() -> dict[str, str]:
     import hashlib
 
-    return {name: hashlib.sha256((SQL_DIR / f"{name}.sql").read_bytes()).hexdigest()[:16]
-            for name in (*PER_RUN, *MARTS, *GLOBAL)}
+    out = {name: hashlib.sha256((SQL_DIR / f"{name}.sql").read_bytes()).hexdigest()[:16]
+           for name in (*PER_RUN, *MARTS, *GLOBAL)}
+    out["classifier_confusion"] = confusion_fingerprint()
+    return out
+
+
+def confusion_fingerprint(path=None) -> str:
+    """Its SQL and the confusion file's content: a new matrix recomputes the marts."""
+    import hashlib
+
+    path = CONFUSION_FILE if path is None else path
+    h = hashlib.sha256((SQL_DIR / "classifier_confusion.sql").read_bytes())
+    if path.exists():
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def confusion_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """Flat rows (classifier_version, language, gold, predicted, n, ...) of one
+    `eval-classifier --json` document with a top-level "classifier_version"."""
+    version = doc.get("classifier_version")
+    if not version:
+        raise ValueError("confusion file: no top-level 'classifier_version'")
+    rows = []
+    for language, rep in (doc.get("languages") or {}).items():
+        for gold, preds in (rep.get("confusion") or {}).items():
+            for predicted, n in (preds or {}).items():
+                rows.append({"classifier_version": str(version), "language": str(language), "gold": str(gold),
+                             "predicted": str(predicted), "n": int(n), "dataset": doc.get("dataset"),
+                             "split": doc.get("split"), "classifier": doc.get("classifier")})
+    return rows
+
+
+def load_confusion(con: Any, path=None) -> int:
+    """Create `classifier_confusion` and (re)load the matrices of the confusion file, if there
+    is one (none: the table stays as it is, empty in a new warehouse, and the corrected rates
+    are NULL). Returns the rows loaded."""
+    import json
+
+    import pyarrow as pa
+
+    path = CONFUSION_FILE if path is None else path
+    create = statements("classifier_confusion")[0]
+    con.execute(create)
+    if not path.exists():
+        return 0
+    rows = confusion_rows(json.loads(path.read_text(encoding="utf-8")))
+    schema = pa.schema([("classifier_version", pa.string()), ("language", pa.string()), ("gold", pa.string()),
+                        ("predicted", pa.string()), ("n", pa.int64()), ("dataset", pa.string()),
+                        ("split", pa.string()), ("classifier", pa.string())])
+    con.register("confusion_rows", pa.Table.from_pylist(rows, schema=schema))
+    try:
+        for stmt in statements("classifier_confusion")[1:]:
+            params = {"version": rows[0]["classifier_version"]} if "$version" in _code(stmt) else None
+            con.execute(stmt, params) if params else con.execute(stmt)
+    finally:
+        con.unregister("confusion_rows")
+    return len(rows)
 
 
 def sql_changed(con: Any) -> set[str]:
@@ -111,6 +171,7 @@ def build_global(con: Any, weeks: list[str] | None = None) -> None:
     `prompt_stats`, then the views over them."""
     install_macros(con)
     create_tables(con)
+    load_confusion(con)
     if weeks is None:
         weeks = [r[0] for r in con.execute(
             "SELECT DISTINCT week FROM prompt_stats WHERE week IS NOT NULL ORDER BY week").fetchall()]

@@ -75,3 +75,104 @@ CREATE OR REPLACE MACRO diff_df(na, ga, nb, gb) AS
 CREATE OR REPLACE MACRO p_t(t, df) AS
     CASE WHEN t IS NULL OR df IS NULL THEN NULL
          ELSE p_two_sided((8 * df + 1) / (8 * df + 3) * sqrt(df * ln(1 + t * t / df))) END;
+
+-- ------------------------------------------------------------------ cells: design effect
+-- The smallest number of prompts for a cell to count as well measured (refusal_rates.
+-- well_measured): rankings list cells below it apart. The one place to change it.
+CREATE OR REPLACE MACRO min_prompts() AS 10;
+
+-- Intra-prompt correlation of a model's cells by one-way ANOVA over prompts within cells,
+-- pooled over the cells (sums over cells of: ssb = Σ m_g (p_g - p_c)², ssw = Σ m_g p_g (1 - p_g),
+-- dfb = Σ (G_c - 1), dfw = Σ (N_c - G_c), m0s = Σ (N_c - Σ m_g² / N_c)); m0 = m0s / dfb is the
+-- ANOVA's average cluster size. NULL when nothing is estimable (every cell at 0 or 1, or one
+-- repetition per prompt).
+CREATE OR REPLACE MACRO icc_anova(ssb, ssw, dfb, dfw, m0s) AS
+    CASE
+        WHEN dfb IS NULL OR dfb < 1 OR dfw IS NULL OR dfw < 1 THEN NULL
+        WHEN ssb + ssw <= 0 THEN NULL
+        ELSE least(1.0, greatest(0.0,
+            (ssb / dfb - ssw / dfw) / (ssb / dfb + (m0s / dfb - 1) * ssw / dfw)))
+    END;
+
+-- The pooled ICC shrunk toward icc_prior() with the weight of icc_prior_df() degrees of
+-- freedom between prompts (a model with few informative cells leans on the prior; with no
+-- estimate at all the prior is used), clamped to [0, 1].
+CREATE OR REPLACE MACRO icc_prior() AS 0.5;
+CREATE OR REPLACE MACRO icc_prior_df() AS 10.0;
+CREATE OR REPLACE MACRO icc_shrunk(icc, dfb) AS
+    least(1.0, greatest(0.0, CASE
+        WHEN icc IS NULL THEN icc_prior()
+        ELSE (icc * dfb + icc_prior() * icc_prior_df()) / (dfb + icc_prior_df())
+    END));
+
+-- Effective sample size of a cell of `trials` answers over prompts with Σ m_g² = s_mm:
+-- trials / deff, deff = 1 + (k̄ - 1) ICC with k̄ = Σ m_g² / Σ m_g. It depends on the design
+-- and the model's pooled ICC, never on the cell's own count, so the interval below is
+-- monotone in the count.
+CREATE OR REPLACE MACRO deff(s_mm, trials, icc) AS
+    CASE WHEN trials > 0 THEN 1 + (s_mm / trials - 1) * coalesce(icc, 1.0) END;
+CREATE OR REPLACE MACRO n_eff_design(s_mm, trials, icc) AS
+    CASE WHEN trials > 0 THEN trials / deff(s_mm, trials, icc) END;
+
+-- The cell interval: Agresti-Coull (the "add z²/2 successes and failures" interval) on the
+-- effective sample size n, with the normal quantile replaced by Student's t on the design's
+-- degrees of freedom when prompts are few (small-cluster correction, see cell_quantile).
+-- Agresti-Coull rather than Wilson: at small p and n (p = 0.05, n = 20) Wilson's lower
+-- bound is too high and covers 92%. Monotone (non-decreasing) in p for a fixed n.
+CREATE OR REPLACE MACRO ac_low(p, n, q) AS
+    CASE WHEN p IS NOT NULL AND n > 0 THEN greatest(0.0,
+        (p * n + q * q / 2) / (n + q * q)
+        - q * sqrt(((p * n + q * q / 2) / (n + q * q)) * (1 - (p * n + q * q / 2) / (n + q * q)) / (n + q * q))) END;
+CREATE OR REPLACE MACRO ac_high(p, n, q) AS
+    CASE WHEN p IS NOT NULL AND n > 0 THEN least(1.0,
+        (p * n + q * q / 2) / (n + q * q)
+        + q * sqrt(((p * n + q * q / 2) / (n + q * q)) * (1 - (p * n + q * q / 2) / (n + q * q)) / (n + q * q))) END;
+
+-- 97.5% quantile of Student's t with df degrees of freedom (Cornish-Fisher expansion, exact
+-- to 1e-3 from df 3; a table below), z95() for large df.
+CREATE OR REPLACE MACRO t975(df) AS
+    CASE
+        WHEN df IS NULL OR df > 1e6 THEN z95()
+        WHEN df < 1.5 THEN 12.706
+        WHEN df < 2.5 THEN 4.303
+        ELSE z95() + (power(z95(), 3) + z95()) / (4 * df)
+             + (5 * power(z95(), 5) + 16 * power(z95(), 3) + 3 * z95()) / (96 * df * df)
+             + (3 * power(z95(), 7) + 19 * power(z95(), 5) + 17 * power(z95(), 3) - 15 * z95()) / (384 * power(df, 3))
+    END;
+
+-- The quantile of a cell interval: z when the design's information is that of independent
+-- trials (deff = 1), t on clusters - 1 degrees of freedom when it is that of the clusters
+-- (deff = k̄), in between by the share of the variance the clusters carry.
+CREATE OR REPLACE MACRO cell_quantile(deff_, kbar, clusters) AS
+    CASE
+        WHEN clusters IS NULL OR clusters < 2 OR kbar IS NULL THEN z95()
+        ELSE z95() + (t975(clusters - 1) - z95())
+                     * CASE WHEN kbar > 1 THEN least(1.0, greatest(0.0, (deff_ - 1) / (kbar - 1))) ELSE 0.0 END
+    END;
+
+-- --------------------------------------------------------- classifier error (Rogan-Gladen)
+-- The true rate behind an observed rate p of a classifier with sensitivity se and
+-- specificity sp (for the positive class): (p + sp - 1) / (se + sp - 1), clamped to [0, 1];
+-- NULL when the classifier is no better than chance (se + sp <= 1).
+CREATE OR REPLACE MACRO rogan_gladen(p, se, sp) AS
+    CASE WHEN p IS NULL OR se IS NULL OR sp IS NULL OR se + sp - 1 <= 0 THEN NULL
+         ELSE least(1.0, greatest(0.0, (p + sp - 1) / (se + sp - 1))) END;
+
+-- Variance of a proportion x / n measured on a labelled set, Agresti-Coull style (z²/2
+-- added to both sides, so a perfect score on few labels is not a certainty).
+CREATE OR REPLACE MACRO prop_var(x, n) AS
+    CASE WHEN n IS NULL OR n <= 0 THEN NULL ELSE
+        ((x + z95() * z95() / 2) / (n + z95() * z95())) * (1 - (x + z95() * z95() / 2) / (n + z95() * z95()))
+        / (n + z95() * z95()) END;
+
+-- Interval ends of a corrected rate: the cell's interval ends (lo, hi) pushed through the
+-- correction (monotone), then widened in quadrature by the confusion's own uncertainty at
+-- the corrected rate pi (delta method: (pi² var_se + (1 - pi)² var_sp) / (se + sp - 1)²).
+CREATE OR REPLACE MACRO corrected_low(pi, lo, se, sp, var_se, var_sp) AS
+    CASE WHEN pi IS NULL OR lo IS NULL THEN NULL ELSE greatest(0.0,
+        pi - sqrt(power(pi - rogan_gladen(lo, se, sp), 2)
+                  + z95() * z95() * (pi * pi * var_se + (1 - pi) * (1 - pi) * var_sp) / power(se + sp - 1, 2))) END;
+CREATE OR REPLACE MACRO corrected_high(pi, hi, se, sp, var_se, var_sp) AS
+    CASE WHEN pi IS NULL OR hi IS NULL THEN NULL ELSE least(1.0,
+        pi + sqrt(power(rogan_gladen(hi, se, sp) - pi, 2)
+                  + z95() * z95() * (pi * pi * var_se + (1 - pi) * (1 - pi) * var_sp) / power(se + sp - 1, 2))) END;

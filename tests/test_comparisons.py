@@ -99,7 +99,7 @@ def test_size_under_clustered_null_and_naive_test_is_too_liberal() -> None:
     cells = 400
     rows = language_pairs(rng, cells, 12, 10, np.full(cells, 0.25), np.full(cells, 0.25), concentration=2.0)
     con = marts(rows)
-    tests = dicts(con, "SELECT * FROM compare_languages")
+    tests = dicts(con, "SELECT * FROM compare_languages WHERE metric = 'refusal'")
     assert len(tests) == cells
     p = np.array([t["p_value"] for t in tests])
     naive = np.mean([naive_p(t["rate_a"], 120, t["rate_b"], 120) < 0.05 for t in tests])
@@ -120,7 +120,7 @@ def test_power_without_clustering_is_close_to_the_binomial_test() -> None:
     for c in range(cells):
         rows += prompt_rows(rng, p=np.full(20, 0.30), reps=10, topic=f"t{c}", language="en", prefix=f"{c}-en-")
         rows += prompt_rows(rng, p=np.full(20, 0.42), reps=10, topic=f"t{c}", language="zh", prefix=f"{c}-zh-")
-    tests = dicts(marts(rows), "SELECT * FROM compare_languages")
+    tests = dicts(marts(rows), "SELECT * FROM compare_languages WHERE metric = 'refusal'")
     power = np.mean([t["p_value"] < 0.05 for t in tests])
     naive = np.mean([naive_p(t["rate_a"], 200, t["rate_b"], 200) < 0.05 for t in tests])
     assert power > 0.6 * naive and power > 0.4, (power, naive)
@@ -136,7 +136,7 @@ def test_benjamini_hochberg_controls_false_discoveries() -> None:
         truth[:20] = True
         mean_b = np.where(truth, 0.6, 0.2)
         rows = language_pairs(rng, 100, 10, 8, np.full(100, 0.2), mean_b, concentration=4.0, week=week)
-        tests = dicts(marts(rows), "SELECT * FROM compare_languages")
+        tests = dicts(marts(rows), "SELECT * FROM compare_languages WHERE metric = 'refusal'")
         flagged = {int(t["topic"][1:]) for t in tests if t["significant"]}
         raw = {int(t["topic"][1:]) for t in tests if t["p_value"] < 0.05}
         fdp.append(len([c for c in flagged if not truth[c]]) / max(len(flagged), 1))
@@ -155,7 +155,7 @@ def test_q_values_match_scipy_and_families_are_per_kind_and_week() -> None:
         rows += language_pairs(rng, 30, 6, 5, means, rng.uniform(0.1, 0.7, size=30), 5.0, week=week)
     con = marts(rows)
     for week in ("2026-W01", "2026-W02"):
-        tests = dicts(con, f"SELECT * FROM compare_languages WHERE week = '{week}' ORDER BY topic")
+        tests = dicts(con, f"SELECT * FROM compare_languages WHERE metric = 'refusal' AND week = '{week}' ORDER BY topic")
         assert len(tests) == 30 and {t["family_size"] for t in tests} == {30}
         p = np.array([t["p_value"] for t in tests])
         # the statistic referred to t with Welch-Satterthwaite df (Wallace's approximation)
@@ -164,7 +164,7 @@ def test_q_values_match_scipy_and_families_are_per_kind_and_week() -> None:
         np.testing.assert_allclose([t["q_value"] for t in tests], stats.false_discovery_control(p), rtol=1e-9)
         assert [t["significant"] for t in tests] == [bool(q < 0.05) for q in stats.false_discovery_control(p)]
     # the two weeks asked different prompts: there is nothing to compare week over week
-    assert dicts(con, "SELECT * FROM compare_weeks") == []
+    assert dicts(con, "SELECT * FROM compare_weeks WHERE metric = 'refusal'") == []
 
 
 def same_prompts_two_weeks(rng, cells: int, prompts: int, reps: int, shift: float) -> list[dict]:
@@ -184,7 +184,7 @@ def test_same_prompts_test_has_its_size_and_uses_the_pairing() -> None:
     # strong between-prompt variance, and finds a moderate shift that an unpaired comparison
     # of the two cells, blurred by that variance, mostly misses
     rng = np.random.default_rng(42)
-    null = dicts(marts(same_prompts_two_weeks(rng, 400, 12, 10, 0.0)), "SELECT * FROM compare_weeks")
+    null = dicts(marts(same_prompts_two_weeks(rng, 400, 12, 10, 0.0)), "SELECT * FROM compare_weeks WHERE metric = 'refusal'")
     assert len(null) == 400 and {t["test"] for t in null} == {"cmh"}
     assert {(t["week"], t["prev_week"], t["family_size"], t["n_shared_prompts"]) for t in null} == {
         ("2026-W02", "2026-W01", 400, 12)}
@@ -193,7 +193,7 @@ def test_same_prompts_test_has_its_size_and_uses_the_pairing() -> None:
     assert np.mean(p < 0.01) <= 0.0175, np.mean(p < 0.01)
     cover = np.mean([t["diff_ci_low"] <= 0.0 <= t["diff_ci_high"] for t in null])
     assert cover >= 0.93, cover
-    moved = dicts(marts(same_prompts_two_weeks(rng, 200, 12, 10, 0.8)), "SELECT * FROM compare_weeks")
+    moved = dicts(marts(same_prompts_two_weeks(rng, 200, 12, 10, 0.8)), "SELECT * FROM compare_weeks WHERE metric = 'refusal'")
     paired = np.mean([t["p_value"] < 0.05 for t in moved])
     con = duckdb.connect()
     execute_file(con, "macros")
@@ -216,12 +216,12 @@ def test_week_compares_with_previous_week_that_has_data() -> None:
         rows += prompt_rows(rng, p=np.full(8, p), reps=10, week=week, prefix="same-")
     rows += prompt_rows(rng, p=np.full(8, 0.5), reps=10, week="2026-W03", topic="new", prefix="new-")
     con = marts(rows)
-    (w,) = dicts(con, "SELECT * FROM compare_weeks")
+    (w,) = dicts(con, "SELECT * FROM compare_weeks WHERE metric = 'refusal'")
     assert (w["topic"], w["week"], w["prev_week"]) == ("t", "2026-W03", "2026-W01")
     assert w["diff"] == pytest.approx(w["rate"] - w["prev_rate"]) and w["diff"] > 0.6
     assert w["diff_ci_low"] > 0 and w["significant"]
     # a topic with no earlier week has nothing to compare against
-    assert not dicts(con, "SELECT * FROM compare_weeks WHERE topic = 'new'")
+    assert not dicts(con, "SELECT * FROM compare_weeks WHERE metric = 'refusal' AND topic = 'new'")
 
 
 def test_deployments_are_compared_on_shared_prompts_only() -> None:
@@ -232,7 +232,7 @@ def test_deployments_are_compared_on_shared_prompts_only() -> None:
     rows += prompt_rows(rng, p=np.zeros(2), reps=5, deployment="local", prefix="p")         # p0..p1
     rows += prompt_rows(rng, p=np.ones(1), reps=5, deployment="local", prefix="extra")
     con = marts(rows)
-    (d,) = dicts(con, "SELECT * FROM compare_deployments")
+    (d,) = dicts(con, "SELECT * FROM compare_deployments WHERE metric = 'refusal'")
     assert (d["deployment_a"], d["deployment_b"], d["n_shared_prompts"]) == ("app", "local", 2)
     assert d["rate_a"] == 1.0 and d["rate_b"] == 0.0
     # on the same two prompts, 10 refusals against 10 answers is clear evidence
@@ -246,7 +246,7 @@ def test_identical_extremes_are_not_a_difference() -> None:
     rng = np.random.default_rng(1)
     rows = prompt_rows(rng, p=np.zeros(5), reps=10, language="en", prefix="en")
     rows += prompt_rows(rng, p=np.zeros(5), reps=10, language="zh", prefix="zh")
-    (t,) = dicts(marts(rows), "SELECT * FROM compare_languages")
+    (t,) = dicts(marts(rows), "SELECT * FROM compare_languages WHERE metric = 'refusal'")
     assert t["diff"] == 0 and t["z"] == 0 and t["p_value"] == 1.0 and not t["significant"]
     assert t["diff_ci_low"] < 0 < t["diff_ci_high"]
 
@@ -259,8 +259,8 @@ def test_views_are_in_the_warehouse_and_macros_usable_by_ad_hoc_sql(tmp_path) ->
     publish_run(study, tmp_path / "data", "run-1")
     data = DataDir(tmp_path / "data")
     counts = build(data)
-    assert counts["compare_languages"] == 1  # m1 tiananmen: en vs zh
-    (t,) = fetch(data, "SELECT * FROM compare_languages")
+    assert counts["compare_languages"] == 2  # m1 tiananmen: en vs zh, for each metric
+    (t,) = fetch(data, "SELECT * FROM compare_languages WHERE metric = 'refusal'")
     assert (t["model"], t["language_a"], t["language_b"]) == ("m1", "en", "zh")
     assert t["rate_a"] == pytest.approx(8 / 15) and t["rate_b"] == 0.0
     # read-only ad hoc SQL sees the stored macros
@@ -344,6 +344,6 @@ def test_two_recorded_deployments_of_the_same_prompts_compare(tmp_path) -> None:
     data = DataDir(tmp_path / "data")
     build(data)
     assert fetch(data, "SELECT count(*) AS n, count(DISTINCT prompt_id) AS k FROM prompts") == [{"n": 6, "k": 6}]
-    (d,) = fetch(data, "SELECT * FROM compare_deployments")
+    (d,) = fetch(data, "SELECT * FROM compare_deployments WHERE metric = 'refusal'")
     assert (d["deployment_a"], d["deployment_b"], d["n_shared_prompts"]) == ("app", "local", 6)
     assert d["rate_a"] == 1.0 and d["rate_b"] == 0.0 and d["significant"]
