@@ -89,7 +89,7 @@ CREATE OR REPLACE MACRO min_prompts() AS 10;
 CREATE OR REPLACE MACRO icc_anova(ssb, ssw, dfb, dfw, m0s) AS
     CASE
         WHEN dfb IS NULL OR dfb < 1 OR dfw IS NULL OR dfw < 1 THEN NULL
-        WHEN ssb + ssw <= 0 THEN NULL
+        WHEN ssb + ssw <= 1e-9 THEN NULL
         ELSE least(1.0, greatest(0.0,
             (ssb / dfb - ssw / dfw) / (ssb / dfb + (m0s / dfb - 1) * ssw / dfw)))
     END;
@@ -128,27 +128,24 @@ CREATE OR REPLACE MACRO ac_high(p, n, q) AS
         (p * n + q * q / 2) / (n + q * q)
         + q * sqrt(((p * n + q * q / 2) / (n + q * q)) * (1 - (p * n + q * q / 2) / (n + q * q)) / (n + q * q))) END;
 
--- 97.5% quantile of Student's t with df degrees of freedom (Cornish-Fisher expansion, exact
--- to 1e-3 from df 3; a table below), z95() for large df.
+-- 97.5% quantile of Student's t with df degrees of freedom: a Cornish-Fisher expansion
+-- (within 0.2% of the exact quantile from df 3 on), log-linear between the exact values at
+-- df 1, 2 and 3 below that, 12.706 under 1; z95() for infinite df.
 CREATE OR REPLACE MACRO t975(df) AS
     CASE
         WHEN df IS NULL OR df > 1e6 THEN z95()
-        WHEN df < 1.5 THEN 12.706
-        WHEN df < 2.5 THEN 4.303
+        WHEN df <= 1 THEN 12.706204736
+        WHEN df <= 2 THEN exp(ln(12.706204736) + (df - 1) * (ln(4.302652730) - ln(12.706204736)))
+        WHEN df <= 3 THEN exp(ln(4.302652730) + (df - 2) * (ln(3.182446305) - ln(4.302652730)))
         ELSE z95() + (power(z95(), 3) + z95()) / (4 * df)
              + (5 * power(z95(), 5) + 16 * power(z95(), 3) + 3 * z95()) / (96 * df * df)
              + (3 * power(z95(), 7) + 19 * power(z95(), 5) + 17 * power(z95(), 3) - 15 * z95()) / (384 * power(df, 3))
     END;
 
--- The quantile of a cell interval: z when the design's information is that of independent
--- trials (deff = 1), t on clusters - 1 degrees of freedom when it is that of the clusters
--- (deff = k̄), in between by the share of the variance the clusters carry.
-CREATE OR REPLACE MACRO cell_quantile(deff_, kbar, clusters) AS
-    CASE
-        WHEN clusters IS NULL OR clusters < 2 OR kbar IS NULL THEN z95()
-        ELSE z95() + (t975(clusters - 1) - z95())
-                     * CASE WHEN kbar > 1 THEN least(1.0, greatest(0.0, (deff_ - 1) / (kbar - 1))) ELSE 0.0 END
-    END;
+-- The quantile of a cell interval: Student's t on n_eff - 1 degrees of freedom (the design's
+-- effective number of independent answers; with ICC 1 that is prompts - 1, the cluster
+-- count's), a small-sample correction that vanishes as n_eff grows.
+CREATE OR REPLACE MACRO cell_quantile(n_eff) AS t975(n_eff - 1);
 
 -- --------------------------------------------------------- classifier error (Rogan-Gladen)
 -- The true rate behind an observed rate p of a classifier with sensitivity se and

@@ -11,10 +11,11 @@
 -- design the interval must be monotone in the count, so the variance inflation does not
 -- come from the cell's own spread (which is 0 at a count of 0): it is a design effect
 -- deff = 1 + (k̄ - 1) ICC, k̄ = Σ m_g² / Σ m_g, with the ICC estimated by one-way ANOVA over
--- prompts within cells, pooled over every informative cell of the model in that study and
--- week (per metric), shrunk toward a prior (macros icc_anova, icc_shrunk). n_eff = n / deff
--- enters an Agresti-Coull interval whose quantile moves from z toward Student's t on
--- (prompts - 1) degrees of freedom as the clusters carry the variance (cell_quantile).
+-- prompts within cells, pooled over the model's other informative cells in that study and
+-- week (per metric; leave-one-out, so n_eff is free of the cell's own count), shrunk toward
+-- a prior (macros icc_anova, icc_shrunk). n_eff = n / deff
+-- enters an Agresti-Coull interval with Student's t on n_eff - 1 degrees of freedom in
+-- place of z (cell_quantile: a small-sample correction, prompts - 1 df when ICC = 1).
 -- cluster_se is the cluster-robust (CR1) standard error of the refusal rate, for reference.
 --
 -- Corrected rates: the classifier's confusion matrix (classifier_confusion, measured on
@@ -81,66 +82,70 @@ cells AS (
     FROM per_prompt
     GROUP BY study, model, deployment, topic, language, week
 ),
--- one-way ANOVA pieces of each cell, per metric; a cell at 0 or 1 (or with one prompt)
--- says nothing about the correlation and is left out of the pooling
+-- one-way ANOVA pieces of each cell, per metric (r refusal, a non-answer, e evasive); a
+-- cell at 0 or 1 (or with one prompt, or one repetition per prompt) says nothing about the
+-- correlation and is left out of the pooling (inf_* = 0)
 anova AS (
     SELECT *,
-           n_valid - s_mm / nullif(n_valid, 0) AS m0s_c,
-           n_prompts >= 2 AND n_valid > n_prompts AS poolable,
-           s_r2m - n_refused::DOUBLE * n_refused / nullif(n_valid, 0) AS ssb_r,
-           n_refused - s_r2m AS ssw_r,
-           s_a2m - n_non_answer::DOUBLE * n_non_answer / nullif(n_valid, 0) AS ssb_a,
-           n_non_answer - s_a2m AS ssw_a,
-           s_e2m - n_evasive::DOUBLE * n_evasive / nullif(n_valid, 0) AS ssb_e,
-           n_evasive - s_e2m AS ssw_e
+           CASE WHEN n_prompts >= 2 AND n_valid > n_prompts AND n_refused > 0 AND n_refused < n_valid
+                THEN 1 ELSE 0 END AS inf_r,
+           CASE WHEN n_prompts >= 2 AND n_valid > n_prompts AND n_non_answer > 0 AND n_non_answer < n_valid
+                THEN 1 ELSE 0 END AS inf_a,
+           CASE WHEN n_prompts >= 2 AND n_valid > n_prompts AND n_evasive > 0 AND n_evasive < n_valid
+                THEN 1 ELSE 0 END AS inf_e,
+           coalesce(n_valid - s_mm / nullif(n_valid, 0), 0) AS m0s_c,
+           n_prompts - 1 AS dfb_c,
+           n_valid - n_prompts AS dfw_c,
+           coalesce(s_r2m - n_refused::DOUBLE * n_refused / nullif(n_valid, 0), 0) AS ssb_r,
+           coalesce(n_refused - s_r2m, 0) AS ssw_r,
+           coalesce(s_a2m - n_non_answer::DOUBLE * n_non_answer / nullif(n_valid, 0), 0) AS ssb_a,
+           coalesce(n_non_answer - s_a2m, 0) AS ssw_a,
+           coalesce(s_e2m - n_evasive::DOUBLE * n_evasive / nullif(n_valid, 0), 0) AS ssb_e,
+           coalesce(n_evasive - s_e2m, 0) AS ssw_e
     FROM cells
 ),
+-- the model's sums over its informative cells (study × model × week)
 pooled AS (
     SELECT study, model, week,
-           sum(ssb_r) FILTER (WHERE poolable AND n_refused > 0 AND n_refused < n_valid) AS ssb_r,
-           sum(ssw_r) FILTER (WHERE poolable AND n_refused > 0 AND n_refused < n_valid) AS ssw_r,
-           sum(n_prompts - 1) FILTER (WHERE poolable AND n_refused > 0 AND n_refused < n_valid) AS dfb_r,
-           sum(n_valid - n_prompts) FILTER (WHERE poolable AND n_refused > 0 AND n_refused < n_valid) AS dfw_r,
-           sum(m0s_c) FILTER (WHERE poolable AND n_refused > 0 AND n_refused < n_valid) AS m0s_r,
-           sum(ssb_a) FILTER (WHERE poolable AND n_non_answer > 0 AND n_non_answer < n_valid) AS ssb_a,
-           sum(ssw_a) FILTER (WHERE poolable AND n_non_answer > 0 AND n_non_answer < n_valid) AS ssw_a,
-           sum(n_prompts - 1) FILTER (WHERE poolable AND n_non_answer > 0 AND n_non_answer < n_valid) AS dfb_a,
-           sum(n_valid - n_prompts) FILTER (WHERE poolable AND n_non_answer > 0 AND n_non_answer < n_valid) AS dfw_a,
-           sum(m0s_c) FILTER (WHERE poolable AND n_non_answer > 0 AND n_non_answer < n_valid) AS m0s_a,
-           sum(ssb_e) FILTER (WHERE poolable AND n_evasive > 0 AND n_evasive < n_valid) AS ssb_e,
-           sum(ssw_e) FILTER (WHERE poolable AND n_evasive > 0 AND n_evasive < n_valid) AS ssw_e,
-           sum(n_prompts - 1) FILTER (WHERE poolable AND n_evasive > 0 AND n_evasive < n_valid) AS dfb_e,
-           sum(n_valid - n_prompts) FILTER (WHERE poolable AND n_evasive > 0 AND n_evasive < n_valid) AS dfw_e,
-           sum(m0s_c) FILTER (WHERE poolable AND n_evasive > 0 AND n_evasive < n_valid) AS m0s_e
+           sum(inf_r * ssb_r) AS t_ssb_r, sum(inf_r * ssw_r) AS t_ssw_r, sum(inf_r * dfb_c) AS t_dfb_r,
+           sum(inf_r * dfw_c) AS t_dfw_r, sum(inf_r * m0s_c) AS t_m0s_r,
+           sum(inf_a * ssb_a) AS t_ssb_a, sum(inf_a * ssw_a) AS t_ssw_a, sum(inf_a * dfb_c) AS t_dfb_a,
+           sum(inf_a * dfw_c) AS t_dfw_a, sum(inf_a * m0s_c) AS t_m0s_a,
+           sum(inf_e * ssb_e) AS t_ssb_e, sum(inf_e * ssw_e) AS t_ssw_e, sum(inf_e * dfb_c) AS t_dfb_e,
+           sum(inf_e * dfw_c) AS t_dfw_e, sum(inf_e * m0s_c) AS t_m0s_e
     FROM anova
     GROUP BY study, model, week
 ),
-model_icc AS (
-    SELECT study, model, week,
-           icc_shrunk(icc_anova(ssb_r, ssw_r, dfb_r, dfw_r, m0s_r), coalesce(dfb_r, 0)) AS icc_r,
-           icc_shrunk(icc_anova(ssb_a, ssw_a, dfb_a, dfw_a, m0s_a), coalesce(dfb_a, 0)) AS icc_a,
-           icc_shrunk(icc_anova(ssb_e, ssw_e, dfb_e, dfw_e, m0s_e), coalesce(dfb_e, 0)) AS icc_e
-    FROM pooled
+-- each cell's ICC is pooled over the model's *other* cells (leave-one-out): the design
+-- effect, hence n_eff, does not depend on the cell's own count at all
+loo AS (
+    SELECT a.*,
+           icc_shrunk(icc_anova(t_ssb_r - inf_r * ssb_r, t_ssw_r - inf_r * ssw_r, t_dfb_r - inf_r * dfb_c,
+                                t_dfw_r - inf_r * dfw_c, t_m0s_r - inf_r * m0s_c), t_dfb_r - inf_r * dfb_c) AS icc_r,
+           icc_shrunk(icc_anova(t_ssb_a - inf_a * ssb_a, t_ssw_a - inf_a * ssw_a, t_dfb_a - inf_a * dfb_c,
+                                t_dfw_a - inf_a * dfw_c, t_m0s_a - inf_a * m0s_c), t_dfb_a - inf_a * dfb_c) AS icc_a,
+           icc_shrunk(icc_anova(t_ssb_e - inf_e * ssb_e, t_ssw_e - inf_e * ssw_e, t_dfb_e - inf_e * dfb_c,
+                                t_dfw_e - inf_e * dfw_c, t_m0s_e - inf_e * m0s_c), t_dfb_e - inf_e * dfb_c) AS icc_e
+    FROM anova AS a
+    JOIN pooled AS p
+      ON p.study IS NOT DISTINCT FROM a.study AND p.model = a.model AND p.week = a.week
 ),
 designed AS (
-    SELECT c.*, i.icc_r, i.icc_a, i.icc_e,
+    SELECT *,
            n_refused / nullif(n_valid, 0) AS refusal_rate,
            n_non_answer / nullif(n_valid, 0) AS non_answer_rate,
            n_evasive / nullif(n_valid, 0) AS evasive_rate,
-           s_mm / nullif(n_valid, 0) AS kbar,
-           deff(s_mm, n_valid, i.icc_r) AS deff_r,
-           deff(s_mm, n_valid, i.icc_a) AS deff_a,
-           deff(s_mm, n_valid, i.icc_e) AS deff_e
-    FROM cells AS c
-    LEFT JOIN model_icc AS i
-      ON i.study IS NOT DISTINCT FROM c.study AND i.model = c.model AND i.week = c.week
+           deff(s_mm, n_valid, icc_r) AS deff_r,
+           deff(s_mm, n_valid, icc_a) AS deff_a,
+           deff(s_mm, n_valid, icc_e) AS deff_e
+    FROM loo
 ),
 intervals AS (
     SELECT *,
            n_valid / deff_r AS n_eff_r, n_valid / deff_a AS n_eff_a, n_valid / deff_e AS n_eff_e,
-           cell_quantile(deff_r, kbar, n_prompts) AS q_r,
-           cell_quantile(deff_a, kbar, n_prompts) AS q_a,
-           cell_quantile(deff_e, kbar, n_prompts) AS q_e,
+           cell_quantile(n_valid / deff_r) AS q_r,
+           cell_quantile(n_valid / deff_a) AS q_a,
+           cell_quantile(n_valid / deff_e) AS q_e,
            CASE WHEN n_prompts > 1 THEN
                n_prompts / (n_prompts - 1.0)
                * greatest(0.0, s_rr - 2 * refusal_rate * s_rm + refusal_rate * refusal_rate * s_mm)
