@@ -279,7 +279,7 @@ def gather(data: DataDir, week: str | None) -> dict[str, Any]:
 
 
 def _where(r: dict[str, Any]) -> str:
-    """A cell in words: model @ deployment on topic in language (and its study when there are several)."""
+    """A cell in words: model @ deployment on topic in language."""
     return f"{r['model']} @ {r['deployment']} on {r['topic']} in {r['language']}"
 
 
