@@ -42,14 +42,22 @@ class ValidationOutcome:
     suites: list[SuiteOutcome]
 
     def summary_markdown(self) -> str:
-        lines = [f"# Validation of run `{self.run_id}`: {'passed' if self.success else 'FAILED'}", ""]
+        """The outcome as Markdown. Every value in it may come from the data (run ids, column
+        values of failing rows, error texts): each is an inert code span or escaped text
+        (`pipeline.mdsafe`), so no link, image, HTML or list item can be injected."""
+        from pipeline.mdsafe import code, word
+
+        lines = [f"# Validation of run {code(self.run_id)}: {'passed' if self.success else 'FAILED'}", ""]
         for s in self.suites:
-            lines.append(f"## {s.suite}: {'passed' if s.success else 'FAILED'} ({s.evaluated} expectations)")
+            lines.append(f"## {word(s.suite)}: {'passed' if s.success else 'FAILED'} "
+                         f"({word(s.evaluated)} expectations)")
             for f in s.failures:
                 where = f.get("column") or f.get("columns") or "table"
-                lines.append(f"- `{f['expectation']}` on `{where}`: {f['detail']}")
+                if isinstance(where, (list, tuple)):
+                    where = ", ".join(str(w) for w in where)
+                lines.append(f"- {code(f.get('expectation'))} on {code(where)}: {code(f.get('detail'), 2000)}")
                 for row in f.get("rows") or []:
-                    lines.append("  - " + ", ".join(f"{k}={v}" for k, v in row.items()))
+                    lines.append("  - " + ", ".join(code(f"{k}={v}") for k, v in row.items()))
             lines.append("")
         return "\n".join(lines)
 

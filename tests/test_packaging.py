@@ -34,7 +34,7 @@ def test_wheel_holds_sql_suites_catalog_and_templates(tmp_path: Path) -> None:
     (wheel,) = tmp_path.glob("refusals-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     data = "refusals-0.1.0.data/data/share/refusals"
-    for folder, pattern in (("sql", "*.sql"), ("expectations", "*.json"), ("catalog", "*.yaml")):
+    for folder, pattern in (("sql", "*.sql"), ("sql/report", "*.sql"), ("expectations", "*.json"), ("catalog", "*.yaml")):
         for f in (REPO / folder).glob(pattern):
             assert f"{data}/{folder}/{f.name}" in names, f"{folder}/{f.name} missing from the wheel"
     for f in (REPO / "pipeline" / "templates").glob("*.j2"):

@@ -108,9 +108,11 @@ def test_markdown_keeps_quotes_readable(two_weeks) -> None:
 
 def test_markdown_has_sections_and_numbers(report) -> None:
     md = report["md"]
-    for heading in ("## Headline", "## Refusal rate by topic and language", "## Week over week",
-                    "## Languages compared", "## Deployments compared", "## Language mismatch and flips",
-                    "## Validation and errors", "## Example responses", "## What was measured and how"):
+    for heading in ("## Headline", "### Highest non-answer rates", "## Non-answer rate by topic and language",
+                    "## Blocked and truncated", "## Week over week", "## Languages compared",
+                    "## Deployments compared", "## Models compared", "## Classifier accuracy and corrected rates",
+                    "## Language mismatch and flips", "## Validation and errors", "## Example responses",
+                    "## What was measured and how"):
         assert heading in md
     assert f"week {report['week']}" in md
     grid = md.split("### Deployment rec", 1)[1].split("\n## ", 1)[0]
@@ -124,7 +126,7 @@ def test_html_is_well_formed_text(report) -> None:
     tags = {m.lower() for m in re.findall(r"<\s*/?\s*([a-zA-Z0-9!]+)", report["html"])}
     allowed = {"!doctype", "html", "head", "meta", "title", "style", "body", "nav", "a", "h1", "h2", "h3", "p",
                "section", "ul", "li", "table", "tr", "th", "td", "em", "small", "span", "div", "b", "br", "code",
-               "svg", "line", "circle", "text"}
+               "svg", "line", "circle", "text", "rect", "i"}
     assert tags <= allowed, tags - allowed
     assert html.unescape("&lt;script&gt;") == "<script>"
 
@@ -167,7 +169,8 @@ WEEKS = {"2026-W47": date(2026, 11, 16), "2026-W48": date(2026, 11, 23)}
 
 
 def two_week_rows(deployment: str, week: int) -> list[dict]:
-    """Two models × en, zh × ten prompts × two repetitions, as recorded from two deployments.
+    """Two models × en, zh × ten prompts × two repetitions, as recorded from two deployments of one
+    study (deployments are compared within a study).
 
     `api` answers everything, except that in week 2 m1 refuses nine of its ten zh prompts; the one
     it still answers carries the HTML payloads, so it is the example shown for the cell that
@@ -204,7 +207,7 @@ def build_two_weeks(root: Path) -> DataDir:
                            encoding="utf-8")
             study = folder / f"{dep}.yaml"
             study.write_text(json.dumps({
-                "name": f"two-{dep}", "catalog": str(Path(__file__).resolve().parent.parent / "catalog"),
+                "name": "two", "catalog": str(Path(__file__).resolve().parent.parent / "catalog"),
                 "languages": ["en", "zh"], "recorded": [{"path": str(src), "deployment": dep, "format": "generic"}],
             }), encoding="utf-8")
             publish_run(study, root / "data", f"{dep}-{week}", run_date=run_date)
@@ -242,7 +245,7 @@ def test_latest_week_is_the_default(two_weeks) -> None:
 def test_week_over_week_shows_the_significant_change(two_weeks) -> None:
     data = two_weeks["data"]
     _, sig = query(data, """SELECT model, deployment, language, prev_week, rate, prev_rate, q_value
-                            FROM compare_weeks WHERE metric = 'refusal' AND week = '2026-W48' AND significant""")
+                            FROM compare_weeks WHERE week = '2026-W48' AND significant AND metric = 'refusal'""")
     assert [(m, d, lang, prev) for m, d, lang, prev, *_ in sig] == [("m1", "api", "zh", "2026-W47")]
     _, _, _, _, rate, prev_rate, q = sig[0]
     assert (rate, prev_rate) == (pytest.approx(18 / 20), 0.0)
@@ -250,19 +253,23 @@ def test_week_over_week_shows_the_significant_change(two_weeks) -> None:
     row = next(r for r in changes.split("<tr") if 'class="sig"' in r)
     assert ">m1<" in row and ">api<" in row and ">zh<" in row and "+90 pp" in row
     assert (f"{q:.3f}" if q >= 0.001 else "&lt;0.001") in row
-    assert changes.count('class="sig"') == 1  # only changes that survived the false-discovery control
+    # only changes that survived the false-discovery control: one per metric (nothing is evasive here,
+    # so the non-answer and the refusal tables agree)
+    assert changes.count('class="sig"') == 2
     assert "| m1 | api | tiananmen | zh | 0% (2026-W47) | 90% |" in two_weeks["md"]
 
 
 def test_language_and_deployment_gaps_are_highlighted_with_q_values(two_weeks) -> None:
     data = two_weeks["data"]
-    _, langs = query(data, "SELECT model, deployment, q_value FROM compare_languages WHERE metric = 'refusal' AND week = '2026-W48' AND significant")
-    _, deps = query(data, "SELECT model, language, q_value FROM compare_deployments WHERE metric = 'refusal' AND week = '2026-W48' AND significant")
+    _, langs = query(data, "SELECT model, deployment, q_value FROM compare_languages WHERE week = '2026-W48' "
+                           "AND significant AND metric = 'non_answer'")
+    _, deps = query(data, "SELECT model, language, q_value FROM compare_deployments WHERE week = '2026-W48' "
+                          "AND significant AND metric = 'non_answer'")
     assert [(m, d) for m, d, _ in langs] == [("m1", "api")]  # zh 90% vs en 0%
     assert sorted((m, lang) for m, lang, _ in deps) == [("m1", "en")]  # app 100% vs api 0%
     for sid, rows in (("languages", langs), ("deployments", deps)):
         part = section(two_weeks["html"], sid)
-        assert part.count('<tr class="sig">') == len(rows)
+        assert part.count('<tr class="sig">') == 2 * len(rows)  # the same for both metrics here
         assert 'class="ns"' in part  # the pairs without a difference are listed too, not highlighted
         q = rows[0][2]
         assert (f"{q:.3f}" if q >= 0.001 else "&lt;0.001") in part
@@ -320,7 +327,7 @@ def test_older_warehouse_without_comparisons(two_weeks, tmp_path: Path) -> None:
     shutil.copy(two_weeks["data"].warehouse, old.warehouse)
     con = duckdb.connect(str(old.warehouse))
     kinds = dict(con.execute("SELECT table_name, table_type FROM information_schema.tables").fetchall())
-    for name in ("compare_weeks", "compare_languages", "compare_deployments", "comparisons"):
+    for name in ("compare_weeks", "compare_languages", "compare_deployments", "compare_models", "comparisons"):
         if name in kinds:
             con.execute(f'DROP {"VIEW" if kinds[name] == "VIEW" else "TABLE"} "{name}"')
     con.close()
@@ -357,6 +364,6 @@ def test_output_stays_bounded(two_weeks, monkeypatch) -> None:
     context = report.gather(two_weeks["data"], None)
     page, _ = report.render(context)
     assert len(context["cells"]) == 3 and "Showing the first 3 of 8 cells." in page
-    languages = context["compare"]["compare_languages"]
+    languages = context["compare"]["compare_languages"]["non_answer"]
     assert len(languages["rows"]) == languages["significant"] + 1 < languages["total"]
     assert len(context["examples"]) <= 2

@@ -171,10 +171,13 @@ pytestmark = [needs_chromium, pytest.mark.slow]
 
 SECTIONS = {
     "headline": "Headline",
-    "rates": "Refusal rate by topic × language, per model",
+    "rates": "Non-answer rate by topic × language, per model",
+    "flags": "Blocked and truncated",
     "changes": "Week over week",
     "languages": "Languages compared",
     "deployments": "Deployments compared",
+    "models": "Models compared",
+    "classifier": "Classifier accuracy and corrected rates",
     "mismatch": "Language mismatch and flips",
     "validation": "Validation and errors",
     "examples": "Example responses from notable cells",
@@ -243,9 +246,10 @@ def test_week_over_week_is_shown(browser, page) -> None:
         pytest.skip("this warehouse has no compare_weeks table yet (sql/compare_weeks.sql)")
     assert "2026-W47" in text  # the previous week
     sig = browser.eval("Array.from(document.querySelectorAll('#changes tr.sig')).map(r => r.innerText)")
-    assert len(sig) == 1 and "m1" in sig[0] and "zh" in sig[0] and "+90 pp" in sig[0], sig
+    # one per metric (non-answer, then refusal: nothing is evasive here, so both agree)
+    assert len(sig) == 2 and all("m1" in s and "zh" in s and "+90 pp" in s for s in sig), sig
     for sid in ("languages", "deployments"):
-        assert browser.eval(f"document.querySelectorAll('#{sid} tr.sig').length") == 1
+        assert browser.eval(f"document.querySelectorAll('#{sid} tr.sig').length") == 2
 
 
 def test_validation_summary_link_resolves(browser, page) -> None:
