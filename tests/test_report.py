@@ -208,7 +208,8 @@ def build_two_weeks(root: Path) -> DataDir:
             study = folder / f"{dep}.yaml"
             study.write_text(json.dumps({
                 "name": "two", "catalog": str(Path(__file__).resolve().parent.parent / "catalog"),
-                "languages": ["en", "zh"], "recorded": [{"path": str(src), "deployment": dep, "format": "generic"}],
+                "languages": ["en", "zh"], "recorded": [{"path": str(src), "deployment": dep, "format": "generic",
+                                           "force_reimport": True}],
             }), encoding="utf-8")
             publish_run(study, root / "data", f"{dep}-{week}", run_date=run_date)
     data = DataDir(root / "data")

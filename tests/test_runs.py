@@ -280,7 +280,7 @@ def test_app_and_api_compare_on_catalog_prompts(tmp_path: Path) -> None:
     pids = {r["prompt_id"] for r in fetch(data, "SELECT DISTINCT prompt_id FROM samples")}
     assert pids == {loaded_ids[("tiananmen_1989_q1", "en", "direct", "none")],
                     loaded_ids[("tiananmen_1989_q2", "en", "direct", "none")]}
-    cmp = fetch(data, "SELECT * FROM compare_deployments")
+    cmp = fetch(data, "SELECT * FROM compare_deployments WHERE metric = 'refusal'")
     assert len(cmp) == 1 and cmp[0]["n_shared_prompts"] == 2
     assert (cmp[0]["deployment_a"], cmp[0]["deployment_b"]) == ("api", "app")
     assert cmp[0]["rate_a"] == 0.0 and cmp[0]["rate_b"] == 1.0
