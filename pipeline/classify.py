@@ -1058,14 +1058,15 @@ def _jsonl_table(rows: list[dict[str, Any]], path: str) -> pa.Table:
         raise ValueError(f"{path}: a column has values of mixed types ({exc})") from None
 
 
-def classify_file(input_path: str, output_path: str) -> int:
+def classify_file(input_path: str, output_path: str, *, tier: Any = None) -> int:
     """Classify a .jsonl or .parquet file of responses into a new file; return the row count.
 
     The input needs a ``response`` column and may have ``prompt``,
     ``prompt_language``, ``reasoning``, ``finish_reason``, ``error`` and
     ``streamed_text``. The output keeps every input column and adds
     OUTPUT_COLUMNS. It is written to a temporary file in the target directory
-    and renamed into place, so readers never see a partial file.
+    and renamed into place, so readers never see a partial file. With a ``tier``
+    (``pipeline.semantic.tier.SemanticTier``) the semantic head labels what the rules leave open.
     """
     in_kind = _suffix_kind(str(input_path))
     out_kind = _suffix_kind(str(output_path))
@@ -1098,7 +1099,7 @@ def classify_file(input_path: str, output_path: str) -> int:
         if out_kind == "jsonl":
             with open(tmp, "w", encoding="utf-8") as fh:
                 for t in batches:
-                    out = classify_table(t, **_FILE_COLUMNS)
+                    out = classify_table(t, **_FILE_COLUMNS, tier=tier)
                     for rec in out.to_pylist():
                         fh.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
                     rows += out.num_rows
@@ -1107,7 +1108,7 @@ def classify_file(input_path: str, output_path: str) -> int:
 
             schema = None
             for t in batches:
-                out = classify_table(t, **_FILE_COLUMNS)
+                out = classify_table(t, **_FILE_COLUMNS, tier=tier)
                 if writer is None:
                     out = _nulls_to_string(out)
                     schema = out.schema

@@ -65,7 +65,12 @@ def cmd_stage(args: argparse.Namespace) -> int:
 def cmd_classify(args: argparse.Namespace) -> int:
     from pipeline.classify import classify_file
 
-    n = classify_file(args.input, args.output)
+    tier = None
+    if args.classifier == "semantic":
+        from pipeline.semantic import load_tier
+
+        tier = load_tier()
+    n = classify_file(args.input, args.output, tier=tier)
     print(f"labelled {n} responses → {args.output}")
     return 0
 
@@ -219,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("classify", help="label responses in a .jsonl or .parquet file")
     c.add_argument("--input", required=True)
     c.add_argument("--output", required=True)
+    c.add_argument("--classifier", choices=["semantic", "rules"], default="semantic",
+                   help="semantic: rules plus the trained head (default); rules: the rule tier alone")
     c.set_defaults(func=cmd_classify)
 
     s = sub.add_parser("sql", help="ad hoc SQL on the warehouse, read-only")

@@ -168,6 +168,9 @@ def test_classify_jsonl_to_parquet(tmp_path: Path) -> None:
     assert [r["id"] for r in table] == [1, 2, 3]  # input columns kept, order kept
     assert [r["label"] for r in table] == ["refused", "complied", "error"]
     assert {"response_language", "language_match"} <= set(table[0])
+    # the semantic tier by default: the rules settle the stock refusal and the error, the head the rest
+    assert [r["decided_by"] for r in table] == ["rules", "semantic", "rules"]
+    assert all(r["classifier"] == "rules+semantic" for r in table)
 
 
 def test_classify_missing_response_column(tmp_path: Path) -> None:
