@@ -29,6 +29,7 @@ DIM = 384
 
 HEAD_TOKENS = 64
 PROMPT_TOKENS = 64
+_MEMORY_ENTRIES = 50_000  # in-process copies (about 75 MB); the SQLite cache holds the rest
 
 
 def _is_wide(ch: str) -> bool:
@@ -133,7 +134,8 @@ class Encoder:
             found = self._lookup(list(dict.fromkeys(keys)))
             todo = list(dict.fromkeys(k for k in keys if k not in found))
             if todo:
-                first = {k: t for k, t in zip(keys, texts) if k in set(todo)}
+                wanted = set(todo)
+                first = {k: t for k, t in zip(keys, texts) if k in wanted}
                 model = self._get_model()
                 new: list[tuple[str, bytes]] = []
                 for i in range(0, len(todo), self.batch_size):
@@ -147,7 +149,7 @@ class Encoder:
                 if self._db is not None:
                     self._db.executemany("INSERT OR IGNORE INTO emb VALUES (?, ?)", new)
                     self._db.commit()
-            if self._db is None or len(self._mem) < 200_000:
+            if len(self._mem) < _MEMORY_ENTRIES:
                 for k in keys:
                     self._mem.setdefault(k, found[k])
         for i, k in enumerate(keys):
