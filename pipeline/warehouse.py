@@ -135,20 +135,39 @@ def load_confusion(con: Any, path=None) -> int:
     return len(rows)
 
 
+INTERNAL_SCHEMA = "internal"  # bookkeeping, not for queries: left out of `refusals schema`
+FINGERPRINTS = f"{INTERNAL_SCHEMA}.sql_fingerprints"
+
+
+def ensure_internal(con: Any) -> None:
+    """The `internal` schema and its fingerprint table; a file from before it keeps its
+    fingerprints, moved out of the public `main.warehouse_sql`."""
+    con.execute(f"CREATE SCHEMA IF NOT EXISTS {INTERNAL_SCHEMA}")
+    con.execute(f"CREATE TABLE IF NOT EXISTS {FINGERPRINTS} (name VARCHAR, fingerprint VARCHAR)")
+    legacy = con.execute("SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() "
+                         "AND schema_name = 'main' AND table_name = 'warehouse_sql'").fetchone()[0]
+    if legacy:
+        if not con.execute(f"SELECT count(*) FROM {FINGERPRINTS}").fetchone()[0]:
+            con.execute(f"INSERT INTO {FINGERPRINTS} SELECT name, fingerprint FROM main.warehouse_sql")
+        con.execute("DROP TABLE main.warehouse_sql")
+
+
 def sql_changed(con: Any) -> set[str]:
     """Tables whose SQL file differs from the one this warehouse file was built with (all of
     them for a file from before fingerprints were kept, if it has any tables)."""
-    con.execute("CREATE TABLE IF NOT EXISTS warehouse_sql (name VARCHAR, fingerprint VARCHAR)")
-    built = dict(con.execute("SELECT name, fingerprint FROM warehouse_sql").fetchall())
+    ensure_internal(con)
+    built = dict(con.execute(f"SELECT name, fingerprint FROM {FINGERPRINTS}").fetchall())
     if not built:
-        tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+        tables = {r[0] for r in con.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'").fetchall()}
         return set(PER_RUN + MARTS + GLOBAL) & tables
     return {name for name, fp in sql_fingerprints().items() if built.get(name) != fp}
 
 
 def record_sql(con: Any) -> None:
-    con.execute("DELETE FROM warehouse_sql")
-    con.executemany("INSERT INTO warehouse_sql VALUES (?, ?)", list(sql_fingerprints().items()))
+    ensure_internal(con)
+    con.execute(f"DELETE FROM {FINGERPRINTS}")
+    con.executemany(f"INSERT INTO {FINGERPRINTS} VALUES (?, ?)", list(sql_fingerprints().items()))
 
 
 def create_tables(con: Any) -> None:

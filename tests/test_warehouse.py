@@ -411,7 +411,7 @@ def test_changed_sql_recomputes_what_depends_on_it(tmp_path: Path, caplog) -> No
     expected = rounded(fetch(data, "SELECT * FROM refusal_rates ORDER BY ALL"))
     for table in ("refusal_rates", "labels"):
         con = duckdb.connect(str(data.warehouse))
-        con.execute("UPDATE warehouse_sql SET fingerprint = 'old' WHERE name = ?", [table])
+        con.execute("UPDATE internal.sql_fingerprints SET fingerprint = 'old' WHERE name = ?", [table])
         con.execute("DELETE FROM refusal_rates")  # what the old SQL left is gone either way
         con.close()
         with caplog.at_level(logging.WARNING, logger="pipeline.warehouse"):
