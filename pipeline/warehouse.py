@@ -12,8 +12,13 @@ parameters (`$run_id`, `$files`, `$weeks`) bound by DuckDB, never pasted in.
 
 Readers never block writers: a build works on a copy of the file (`.tmp-warehouse-*.duckdb`
 beside it) and swaps it in with `os.replace`, so a reader keeps the snapshot it opened and
-the next reader sees the new file. `query` (`refusals sql`) opens it read-only, with a time
-limit, a memory limit and a thread cap.
+the next reader sees the new file. `queries` (`refusals sql`) opens it read-only, with a time
+limit, a memory limit and a thread cap, and runs each statement of a script in turn.
+
+Self-documenting: `sql/comments.sql` comments every public table, view and column (meaning
+and unit), applied after every mart rebuild (`apply_comments`), read by `refusals schema`.
+The public objects are the `main` schema; bookkeeping lives in the `internal` schema
+(`internal.sql_fingerprints`; a file with the older `main.warehouse_sql` is migrated).
 """
 
 from __future__ import annotations
