@@ -75,7 +75,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_rows(cols: list[str], rows: list[tuple], fmt: str) -> None:
+def _print_rows(cols: list[str], rows: list[tuple], fmt: str, width: int = 60) -> None:
+    """`rows` as a table (values cut at `width` characters, 0: never cut), csv or json (full values)."""
     if fmt == "csv":
         w = csv.writer(sys.stdout)
         w.writerow(cols)
@@ -85,26 +86,92 @@ def _print_rows(cols: list[str], rows: list[tuple], fmt: str) -> None:
         print()
     else:
         cells = [[("NULL" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)) for v in r] for r in rows]
-        widths = [min(60, max([len(c)] + [len(r[i]) for r in cells])) for i, c in enumerate(cols)]
-        print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
+        widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(cols)]
+        if width > 0:
+            widths = [min(width, w) for w in widths]
+        print("  ".join(c.ljust(w) for c, w in zip(cols, widths)).rstrip())
         print("  ".join("-" * w for w in widths))
         for r in cells:
-            print("  ".join((v if len(v) <= w else v[: w - 1] + "…").ljust(w) for v, w in zip(r, widths)))
+            print("  ".join((v if len(v) <= w else v[: w - 1] + "…").ljust(w) for v, w in zip(r, widths)).rstrip())
         print(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
 
 
+def _width(args: argparse.Namespace) -> int:
+    if args.width < 0:
+        raise UserError(f"--width {args.width}: use 0 (never cut) or a positive number of characters")
+    return args.width
+
+
+def _one_line(sql: str, limit: int = 200) -> str:
+    text = " ".join(sql.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def cmd_sql(args: argparse.Namespace) -> int:
+    """One statement: its result as before. Several (`SELECT 1; SELECT 2`): each is run, in
+    order, on one connection under the same bounds, and each result is printed: in a table
+    under a `-- statement i of n: …` header, in json as [{"statement", "rows"}]; csv holds one
+    result, so a script with several results is refused there. A failing statement stops the
+    script with an error naming it, and nothing is printed."""
     import duckdb
 
     from pipeline.paths import DataDir
-    from pipeline.warehouse import query
+    from pipeline.warehouse import queries
 
+    width = _width(args)
     try:
-        cols, rows = query(DataDir.from_env(args.data_dir), args.query, timeout=args.timeout,
-                           memory_limit=args.memory_limit, threads=args.threads, max_rows=args.max_rows)
+        results = queries(DataDir.from_env(args.data_dir), args.query, timeout=args.timeout,
+                          memory_limit=args.memory_limit, threads=args.threads, max_rows=args.max_rows)
     except duckdb.Error as exc:
         raise UserError(f"SQL error: {exc}") from None
-    _print_rows(cols, rows, args.format)
+    if len(results) == 1:
+        _, cols, rows = results[0]
+        if cols is None and args.format == "table":
+            print("(no result)")
+        else:
+            _print_rows(cols or [], rows or [], args.format, width)
+        return 0
+    with_rows = [r for r in results if r[1] is not None]
+    if args.format == "csv":
+        if len(with_rows) > 1:
+            raise UserError(f"csv holds one result, and these {len(results)} statements return {len(with_rows)}: "
+                            "use --format table or json, or one statement per call")
+        if with_rows:
+            _print_rows(with_rows[0][1], with_rows[0][2], "csv")
+        return 0
+    if args.format == "json":
+        json.dump([{"statement": stmt, "rows": None if cols is None else [dict(zip(cols, r)) for r in rows]}
+                   for stmt, cols, rows in results], sys.stdout, default=str, ensure_ascii=False, indent=1)
+        print()
+        return 0
+    for i, (stmt, cols, rows) in enumerate(results):
+        if i:
+            print()
+        print(f"-- statement {i + 1} of {len(results)}: {_one_line(stmt)}")
+        if cols is None:
+            print("(no result)")
+        else:
+            _print_rows(cols, rows, "table", width)
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    """The public tables and views with their comments, or one's columns, types and comments."""
+    from pipeline.paths import DataDir
+    from pipeline.warehouse import describe, public_relations
+
+    data = DataDir.from_env(args.data_dir)
+    width = _width(args)
+    if not args.table:
+        _print_rows(["name", "kind", "comment"], public_relations(data), args.format, width)
+        return 0
+    kind, comment, cols = describe(data, args.table)
+    if args.format == "table":
+        print(f"{args.table} ({kind}): {comment or ''}")
+        print()
+        _print_rows(["column", "type", "comment"], cols, "table", width)
+    else:
+        _print_rows(["column", "type", "comment"], cols, args.format, width)
     return 0
 
 
@@ -228,8 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="semantic: rules plus the trained head (default); rules: the rule tier alone")
     c.set_defaults(func=cmd_classify)
 
-    s = sub.add_parser("sql", help="ad hoc SQL on the warehouse, read-only")
-    s.add_argument("query")
+    s = sub.add_parser("sql", help="ad hoc SQL on the warehouse, read-only; several statements: each result")
+    s.add_argument("query", help="one or more statements separated by ';'")
     s.add_argument("--format", choices=["table", "csv", "json"], default="table")
     s.add_argument("--timeout", type=float, default=None, metavar="S",
                    help="time limit in seconds (default $REFUSALS_SQL_TIMEOUT or 60)")
@@ -237,8 +304,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="DuckDB memory limit, e.g. 512MB (default $REFUSALS_SQL_MEMORY_LIMIT or 2GB)")
     s.add_argument("--threads", type=int, default=None, help="thread cap (default $REFUSALS_SQL_THREADS or 2)")
     s.add_argument("--max-rows", type=int, default=None,
-                   help="most rows returned (default $REFUSALS_SQL_MAX_ROWS or 1000000)")
+                   help="most rows returned per statement (default $REFUSALS_SQL_MAX_ROWS or 1000000)")
+    s.add_argument("--width", type=int, default=60, metavar="N",
+                   help="table format: cut values at N characters (default 60; 0: never cut)")
     s.set_defaults(func=cmd_sql)
+
+    sc = sub.add_parser("schema", help="the warehouse's public tables and views, or one's columns, with comments")
+    sc.add_argument("table", nargs="?", default=None, help="a table or view: its columns, types and comments")
+    sc.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    sc.add_argument("--width", type=int, default=0, metavar="N",
+                    help="table format: cut values at N characters (default 0: never cut)")
+    sc.set_defaults(func=cmd_schema)
 
     rep = sub.add_parser("report", help="write the weekly report (HTML and Markdown)")
     rep.add_argument("--week", default=None, help="YYYY-Www (default: the latest week with data)")

@@ -12,8 +12,13 @@ parameters (`$run_id`, `$files`, `$weeks`) bound by DuckDB, never pasted in.
 
 Readers never block writers: a build works on a copy of the file (`.tmp-warehouse-*.duckdb`
 beside it) and swaps it in with `os.replace`, so a reader keeps the snapshot it opened and
-the next reader sees the new file. `query` (`refusals sql`) opens it read-only, with a time
-limit, a memory limit and a thread cap.
+the next reader sees the new file. `queries` (`refusals sql`) opens it read-only, with a time
+limit, a memory limit and a thread cap, and runs each statement of a script in turn.
+
+Self-documenting: `sql/comments.sql` comments every public table, view and column (meaning
+and unit), applied after every mart rebuild (`apply_comments`), read by `refusals schema`.
+The public objects are the `main` schema; bookkeeping lives in the `internal` schema
+(`internal.sql_fingerprints`; a file with the older `main.warehouse_sql` is migrated).
 """
 
 from __future__ import annotations
@@ -135,20 +140,39 @@ def load_confusion(con: Any, path=None) -> int:
     return len(rows)
 
 
+INTERNAL_SCHEMA = "internal"  # bookkeeping, not for queries: left out of `refusals schema`
+FINGERPRINTS = f"{INTERNAL_SCHEMA}.sql_fingerprints"
+
+
+def ensure_internal(con: Any) -> None:
+    """The `internal` schema and its fingerprint table; a file from before it keeps its
+    fingerprints, moved out of the public `main.warehouse_sql`."""
+    con.execute(f"CREATE SCHEMA IF NOT EXISTS {INTERNAL_SCHEMA}")
+    con.execute(f"CREATE TABLE IF NOT EXISTS {FINGERPRINTS} (name VARCHAR, fingerprint VARCHAR)")
+    legacy = con.execute("SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() "
+                         "AND schema_name = 'main' AND table_name = 'warehouse_sql'").fetchone()[0]
+    if legacy:
+        if not con.execute(f"SELECT count(*) FROM {FINGERPRINTS}").fetchone()[0]:
+            con.execute(f"INSERT INTO {FINGERPRINTS} SELECT name, fingerprint FROM main.warehouse_sql")
+        con.execute("DROP TABLE main.warehouse_sql")
+
+
 def sql_changed(con: Any) -> set[str]:
     """Tables whose SQL file differs from the one this warehouse file was built with (all of
     them for a file from before fingerprints were kept, if it has any tables)."""
-    con.execute("CREATE TABLE IF NOT EXISTS warehouse_sql (name VARCHAR, fingerprint VARCHAR)")
-    built = dict(con.execute("SELECT name, fingerprint FROM warehouse_sql").fetchall())
+    ensure_internal(con)
+    built = dict(con.execute(f"SELECT name, fingerprint FROM {FINGERPRINTS}").fetchall())
     if not built:
-        tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+        tables = {r[0] for r in con.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'").fetchall()}
         return set(PER_RUN + MARTS + GLOBAL) & tables
     return {name for name, fp in sql_fingerprints().items() if built.get(name) != fp}
 
 
 def record_sql(con: Any) -> None:
-    con.execute("DELETE FROM warehouse_sql")
-    con.executemany("INSERT INTO warehouse_sql VALUES (?, ?)", list(sql_fingerprints().items()))
+    ensure_internal(con)
+    con.execute(f"DELETE FROM {FINGERPRINTS}")
+    con.executemany(f"INSERT INTO {FINGERPRINTS} VALUES (?, ?)", list(sql_fingerprints().items()))
 
 
 def create_tables(con: Any) -> None:
@@ -185,6 +209,15 @@ def build_global(con: Any, weeks: list[str] | None = None) -> None:
             execute_file(con, name, {"weeks": [str(w) for w in weeks]})
     for name in VIEWS:
         execute_file(con, name)
+    apply_comments(con)
+
+
+def apply_comments(con: Any) -> None:
+    """The comments of `sql/comments.sql` on every public table, view and column (and the
+    internal ones). Run after each mart rebuild: a replaced view or a recreated table has
+    lost its comments."""
+    ensure_internal(con)
+    execute_file(con, "comments")
 
 
 def connect(data: DataDir, read_only: bool = False):
@@ -370,12 +403,47 @@ def _limit(name: str, value: Any, default: Any, cast: Any) -> Any:
 def query(data: DataDir, sql: str, params: list[Any] | None = None, *, timeout: float | None = None,
           memory_limit: str | None = None, threads: int | None = None,
           max_rows: int | None = None) -> tuple[list[str], list[tuple]]:
-    """Run one read-only query on the warehouse: (column names, rows).
+    """Run one read-only query on the warehouse: (column names, rows); bounded as `queries`.
+    Several statements are refused here (use `queries`): never only the last one's result."""
+    results = queries(data, sql, params, timeout=timeout, memory_limit=memory_limit, threads=threads,
+                      max_rows=max_rows, single=True)
+    _, cols, rows = results[0]
+    return cols or [], rows or []
 
-    Bounded: `timeout` seconds ($REFUSALS_SQL_TIMEOUT, default 60), `memory_limit`
-    ($REFUSALS_SQL_MEMORY_LIMIT, default 2GB, nothing spilled to disk), `threads`
-    ($REFUSALS_SQL_THREADS, default 2) and `max_rows` rows returned ($REFUSALS_SQL_MAX_ROWS,
-    default 1,000,000). A query that hits a bound stops with a UserError saying which."""
+
+# statements whose DuckDB result is a status, not data (CREATE TEMP TABLE … AS returns a count)
+NO_RESULT = frozenset({"CREATE", "DROP", "ALTER", "SET", "VARIABLE_SET", "TRANSACTION", "PREPARE",
+                       "DEALLOCATE", "LOAD", "ATTACH", "DETACH", "COPY", "CHECKPOINT"})
+WRITES = frozenset({"INSERT", "UPDATE", "DELETE"})  # a result only with RETURNING
+
+
+def split_statements(con: Any, sql: str) -> list[tuple[str, str]]:
+    """The statements of `sql` as DuckDB's parser splits them (a `;` inside a string or a
+    comment does not split): (text without its final `;`, statement type name)."""
+    out = []
+    for stmt in con.extract_statements(sql):
+        text = stmt.query.strip()
+        while text.endswith(";"):
+            text = text[:-1].rstrip()
+        if text:
+            out.append((text, getattr(stmt.type, "name", str(stmt.type))))
+    return out
+
+
+def queries(data: DataDir, sql: str, params: list[Any] | None = None, *, timeout: float | None = None,
+            memory_limit: str | None = None, threads: int | None = None, max_rows: int | None = None,
+            single: bool = False) -> list[tuple[str, list[str] | None, list[tuple] | None]]:
+    """Run each read-only statement of `sql` on the warehouse, in order, on one connection (a
+    temporary table made by one is seen by the next): [(statement, column names, rows)], with
+    None for a statement without a result (e.g. CREATE TEMP TABLE). `params` only with one
+    statement. A failing statement stops the script with a UserError naming it (nothing is
+    returned for the others).
+
+    Bounded: `timeout` seconds for the whole script ($REFUSALS_SQL_TIMEOUT, default 60),
+    `memory_limit` ($REFUSALS_SQL_MEMORY_LIMIT, default 2GB, nothing spilled to disk),
+    `threads` ($REFUSALS_SQL_THREADS, default 2) and `max_rows` rows returned per statement
+    ($REFUSALS_SQL_MAX_ROWS, default 1,000,000). A statement that hits a bound stops with a
+    UserError saying which."""
     import re as _re
     import threading
 
@@ -397,29 +465,75 @@ def query(data: DataDir, sql: str, params: list[Any] | None = None, *, timeout: 
     try:
         # Read-only file, and no reading or writing other files (COPY … TO, read_csv('/etc/…')):
         # ad hoc SQL can look at the warehouse and nothing else. The bounds are set before the
-        # user's query, then the configuration is locked (the query cannot SET them back).
+        # user's statements, then the configuration is locked (no statement can SET them back).
         con.execute(f"SET memory_limit = '{memory_limit.strip()}'")
         con.execute(f"SET threads = {threads:d}")
         con.execute("SET max_temp_directory_size = '0B'")
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
+        stmts = split_statements(con, sql)
+        if not stmts:
+            raise UserError("no SQL statement to run")
+        if len(stmts) > 1 and (single or params):
+            raise UserError(f"{len(stmts)} statements given where one is expected"
+                            + (" (parameters bind to a single statement)" if params else ""))
+        where = (lambda i: f"statement {i + 1} of {len(stmts)}: ") if len(stmts) > 1 else (lambda i: "")
+        results: list[tuple[str, list[str] | None, list[tuple] | None]] = []
         timer.start()
-        try:
-            cur = con.execute(sql, params or [])
-            if cur.description is None:
-                return [], []
-            cols = [d[0] for d in cur.description]
-            rows = cur.fetchmany(max_rows + 1)
-        except duckdb.InterruptException:
-            raise UserError(f"the query was stopped after the time limit of {timeout:g} s "
-                            "(--timeout or $REFUSALS_SQL_TIMEOUT)") from None
-        except duckdb.OutOfMemoryException:
-            raise UserError(f"the query was stopped: it needed more than the memory limit of {memory_limit} "
-                            "(--memory-limit or $REFUSALS_SQL_MEMORY_LIMIT)") from None
-        if len(rows) > max_rows:
-            raise UserError(f"the query returns more than {max_rows} rows (--max-rows or "
-                            "$REFUSALS_SQL_MAX_ROWS); aggregate or add a LIMIT")
-        return cols, rows
+        for i, (stmt, kind) in enumerate(stmts):
+            try:
+                cur = con.execute(stmt, params or []) if params else con.execute(stmt)
+                cols = None if cur.description is None else [d[0] for d in cur.description]
+                if cols is None or kind in NO_RESULT or (kind in WRITES and cols == ["Count"]):
+                    results.append((stmt, None, None))
+                    continue
+                rows = cur.fetchmany(max_rows + 1)
+            except duckdb.InterruptException:
+                raise UserError(f"{where(i)}the query was stopped after the time limit of {timeout:g} s "
+                                "(--timeout or $REFUSALS_SQL_TIMEOUT)") from None
+            except duckdb.OutOfMemoryException:
+                raise UserError(f"{where(i)}the query was stopped: it needed more than the memory limit of "
+                                f"{memory_limit} (--memory-limit or $REFUSALS_SQL_MEMORY_LIMIT)") from None
+            except duckdb.Error as exc:
+                if len(stmts) > 1:
+                    raise UserError(f"{where(i)}SQL error: {exc}") from None
+                raise
+            if len(rows) > max_rows:
+                raise UserError(f"{where(i)}the query returns more than {max_rows} rows (--max-rows or "
+                                "$REFUSALS_SQL_MAX_ROWS); aggregate or add a LIMIT")
+            results.append((stmt, cols, rows))
+        return results
     finally:
         timer.cancel()
         con.close()
+
+
+def public_relations(data: DataDir) -> list[tuple[str, str, str | None]]:
+    """(name, 'table' or 'view', comment) of the warehouse's public tables and views: the
+    `main` schema, without DuckDB's own views or the `internal` schema's bookkeeping."""
+    _, _, rows = queries(data, """
+        SELECT table_name AS name, 'table' AS kind, comment FROM duckdb_tables()
+        WHERE database_name = current_database() AND schema_name = 'main' AND NOT temporary
+        UNION ALL
+        SELECT view_name, 'view', comment FROM duckdb_views()
+        WHERE database_name = current_database() AND schema_name = 'main' AND NOT internal AND NOT temporary
+        ORDER BY kind, name""")[0]
+    return list(rows or [])
+
+
+def describe(data: DataDir, name: str) -> tuple[str, str | None, list[tuple[str, str, str | None]]]:
+    """(kind, comment, [(column, type, comment)]) of one public table or view; `main.` may
+    prefix its name. An unknown (or internal) name is a UserError listing the public ones."""
+    from pipeline.errors import UserError
+
+    rels = {n: (k, c) for n, k, c in public_relations(data)}
+    bare = name[5:] if name.lower().startswith("main.") else name
+    if bare not in rels:
+        raise UserError(f"{name!r}: no public table or view of that name; the public ones are "
+                        f"{', '.join(sorted(rels))}")
+    kind, comment = rels[bare]
+    _, _, cols = queries(data, """
+        SELECT column_name, data_type, comment FROM duckdb_columns()
+        WHERE database_name = current_database() AND schema_name = 'main' AND table_name = ?
+        ORDER BY column_index""", [bare])[0]
+    return kind, comment, list(cols or [])

@@ -93,7 +93,9 @@ def test_bad_limits_are_user_errors(built) -> None:
     _clean(sql(built["data"], "SELECT 1", env={"REFUSALS_SQL_TIMEOUT": "soon"}), "REFUSALS_SQL_TIMEOUT")
 
 
-def test_a_reader_does_not_block_a_load_and_keeps_its_snapshot(built, tmp_path: Path) -> None:
+def test_a_reader_does_not_block_a_load_and_keeps_its_snapshot(built, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REFUSALS_FORCE_REIMPORT", "1")  # the same recorded file, a second run
     data = DataDir(built["data"])
     reader = duckdb.connect(str(data.warehouse), read_only=True)
     before = reader.execute("SELECT count(*) FROM runs").fetchone()[0]
@@ -120,6 +122,7 @@ def test_a_reader_does_not_block_a_load_and_keeps_its_snapshot(built, tmp_path: 
 
 
 def test_full_disk_during_build_says_so_and_keeps_the_old_file(built, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REFUSALS_FORCE_REIMPORT", "1")  # the same recorded file, a second run
     data = DataDir(built["data"])
     publish_run(built["study"], data.root, "s-disk")
     old = data.warehouse.read_bytes()

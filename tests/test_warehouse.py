@@ -20,7 +20,7 @@ import pytest
 from pipeline import run as stages
 from pipeline.lake import read_folder
 from pipeline.paths import DataDir
-from pipeline.warehouse import build, build_global, execute_file, install_macros, query, statements
+from pipeline.warehouse import build, build_global, create_tables, execute_file, install_macros, query, statements
 
 Z = 1.959963984540054
 REFUSAL = "I'm sorry, but I can't help with that."
@@ -384,8 +384,9 @@ def test_a_cell_whose_every_sample_failed_is_kept() -> None:
     """All-error cells stay in refusal_rates with error_rate 1 and no refusal rate, instead of
     vanishing from the marts and the report."""
     con = duckdb.connect()
+    create_tables(con)  # the real tables (the build comments every column of them)
     # (the columns issue 11 added: study, n_blocked, n_truncated, classifier_version)
-    con.execute("""CREATE TABLE prompt_stats AS SELECT 'r1' AS run_id, 's' AS study, 0 AS n_blocked,
+    con.execute("""INSERT INTO prompt_stats BY NAME SELECT 'r1' AS run_id, 's' AS study, 0 AS n_blocked,
         0 AS n_truncated, NULL::VARCHAR AS classifier_version, * FROM (VALUES
         ('m', 'd', 'p1', 't', 'g', 'en', 'W1', 5, 0, 0, 0, 0, 5, 0, 0, NULL::DOUBLE, FALSE),
         ('m', 'd', 'p2', 't', 'g', 'en', 'W1', 5, 0, 0, 0, 0, 5, 0, 0, NULL::DOUBLE, FALSE),
@@ -411,7 +412,7 @@ def test_changed_sql_recomputes_what_depends_on_it(tmp_path: Path, caplog) -> No
     expected = rounded(fetch(data, "SELECT * FROM refusal_rates ORDER BY ALL"))
     for table in ("refusal_rates", "labels"):
         con = duckdb.connect(str(data.warehouse))
-        con.execute("UPDATE warehouse_sql SET fingerprint = 'old' WHERE name = ?", [table])
+        con.execute("UPDATE internal.sql_fingerprints SET fingerprint = 'old' WHERE name = ?", [table])
         con.execute("DELETE FROM refusal_rates")  # what the old SQL left is gone either way
         con.close()
         with caplog.at_level(logging.WARNING, logger="pipeline.warehouse"):

@@ -1,0 +1,367 @@
+-- comments: what every public table, view and column means, with its unit, as DuckDB
+-- comments (duckdb_tables(), duckdb_views(), duckdb_columns(), `refusals schema`).
+-- Run at the end of every build and after every mart rebuild (warehouse.apply_comments):
+-- views are replaced and tables may be dropped and recreated, so the comments are set
+-- again each time. A new column needs its line here: tests/test_schema.py fails without it.
+-- Conventions: a rate or share is a fraction 0-1, an interval is the 95% one, a week is
+-- ISO YYYY-Www, times are UTC, counts are numbers of samples unless named otherwise.
+
+-- ---------------------------------------------------------------- runs
+COMMENT ON TABLE runs IS 'One row per published run of a study (loaded from the lake run record). Key run_id.';
+COMMENT ON COLUMN runs.run_id IS 'Run id (default <study>-<UTC time>), key of every per-run table';
+COMMENT ON COLUMN runs.study IS 'Study name (the name field of the study YAML)';
+COMMENT ON COLUMN runs.study_hash IS 'Hash of the study file content the run was made from (a resumed run must match it)';
+COMMENT ON COLUMN runs.run_date IS 'Date the run was started (UTC), the lake partition run_date';
+COMMENT ON COLUMN runs.week IS 'ISO week of run_date, YYYY-Www: the week the run counts in for every per-week mart';
+COMMENT ON COLUMN runs.started_at IS 'When the run was started (UTC timestamp)';
+COMMENT ON COLUMN runs.published_at IS 'When the run was published to the lake (UTC timestamp)';
+COMMENT ON COLUMN runs.code_version IS 'Short git commit of the pipeline code that made the run';
+COMMENT ON COLUMN runs.n_prompts IS 'Count of prompt variants published by the run (rows in prompts)';
+COMMENT ON COLUMN runs.n_samples IS 'Count of samples (responses, including errors) published by the run';
+COMMENT ON COLUMN runs.n_errors IS 'Count of samples that failed (transport or backend error, no response), blocked samples not included';
+COMMENT ON COLUMN runs.repetitions IS 'Repetitions per prompt asked by the study (k, seeded samples per prompt and model)';
+COMMENT ON COLUMN runs.models IS 'JSON list of the models sampled or imported in the run';
+COMMENT ON COLUMN runs.deployments IS 'JSON list of the deployments in the run';
+COMMENT ON COLUMN runs.classifier IS 'Classifier name and version that labelled the run';
+COMMENT ON COLUMN runs.validation IS 'JSON summary of the Great Expectations suites run on the staged run (suite, success, details)';
+COMMENT ON COLUMN runs.n_blocked IS 'Count of samples labelled blocked (a provider block or content filter, a non-answer, not an error)';
+
+-- ---------------------------------------------------------------- prompts
+COMMENT ON TABLE prompts IS 'One row per prompt variant (question x language x template x system prompt) of a published run. Key (run_id, prompt_id).';
+COMMENT ON COLUMN prompts.run_id IS 'Run id (runs.run_id)';
+COMMENT ON COLUMN prompts.prompt_id IS 'Stable id of the prompt variant: a hash of its content (same text, same id across runs and studies)';
+COMMENT ON COLUMN prompts.study IS 'Study name';
+COMMENT ON COLUMN prompts.source IS 'Where the prompt came from: catalog, or recorded:<deployment> for an imported file';
+COMMENT ON COLUMN prompts.topic IS 'Topic id of the question (e.g. tiananmen, china_criticism)';
+COMMENT ON COLUMN prompts.topic_group IS 'Group of the topic: china_political, government_criticism, safety or control';
+COMMENT ON COLUMN prompts.question_id IS 'Id of the question, the same in every language and template of it';
+COMMENT ON COLUMN prompts.language IS 'Language of the prompt, ISO 639-1 code (en, zh, ja, ...)';
+COMMENT ON COLUMN prompts.template_id IS 'Id of the paraphrase template the question was put in';
+COMMENT ON COLUMN prompts.system_prompt_id IS 'Id of the system prompt used (none: no system message, unknown: a recorded prompt)';
+COMMENT ON COLUMN prompts.system_prompt IS 'Text of the system prompt, NULL without one';
+COMMENT ON COLUMN prompts.prompt_text IS 'Text of the user message as sent to the model';
+COMMENT ON COLUMN prompts.messages IS 'The chat messages sent (list of role, content), system prompt first';
+
+-- ---------------------------------------------------------------- samples
+COMMENT ON TABLE samples IS 'One row per response (sample): a model and deployment answering one prompt once. Key (run_id, model, deployment, prompt_id, rep).';
+COMMENT ON COLUMN samples.run_id IS 'Run id (runs.run_id)';
+COMMENT ON COLUMN samples.study IS 'Study name';
+COMMENT ON COLUMN samples.model IS 'Model name (e.g. a Hugging Face id, or the provider model name)';
+COMMENT ON COLUMN samples.deployment IS 'Deployment the model was served from (a name from the study: local weights, an API, a recorded source)';
+COMMENT ON COLUMN samples.backend IS 'Backend that produced the sample: vllm, openai (an HTTP API) or recorded (imported file)';
+COMMENT ON COLUMN samples.prompt_id IS 'Prompt variant (prompts.prompt_id)';
+COMMENT ON COLUMN samples.rep IS 'Repetition number of this prompt, 0 to repetitions - 1';
+COMMENT ON COLUMN samples.seed IS 'Sampling seed derived from study seed, run, prompt and rep (NULL for recorded samples)';
+COMMENT ON COLUMN samples.topic IS 'Topic id of the prompt';
+COMMENT ON COLUMN samples.topic_group IS 'Topic group of the prompt';
+COMMENT ON COLUMN samples.question_id IS 'Question id of the prompt';
+COMMENT ON COLUMN samples.language IS 'Language of the prompt, ISO 639-1 code';
+COMMENT ON COLUMN samples.template_id IS 'Paraphrase template id of the prompt';
+COMMENT ON COLUMN samples.system_prompt_id IS 'System prompt id of the prompt';
+COMMENT ON COLUMN samples.temperature IS 'Sampling temperature requested';
+COMMENT ON COLUMN samples.top_p IS 'Nucleus sampling top_p requested, 0-1';
+COMMENT ON COLUMN samples.max_tokens IS 'Most completion tokens allowed (a longer answer is cut, finish_reason length)';
+COMMENT ON COLUMN samples.response_text IS 'Text of the answer (visible content), NULL on error. Untrusted model output';
+COMMENT ON COLUMN samples.reasoning_text IS 'Reasoning (think block or reasoning field) when the model gave one';
+COMMENT ON COLUMN samples.finish_reason IS 'Why generation stopped: stop, length (cut by max_tokens), content_filter, error';
+COMMENT ON COLUMN samples.prompt_tokens IS 'Count of prompt tokens as reported by the backend';
+COMMENT ON COLUMN samples.completion_tokens IS 'Count of completion tokens generated';
+COMMENT ON COLUMN samples.latency_s IS 'Time from request to full response, seconds';
+COMMENT ON COLUMN samples.error IS 'Error message when the request failed (or was blocked), NULL otherwise';
+COMMENT ON COLUMN samples.streamed_text IS 'What was shown while streaming, when it differs from the final response (an answer withdrawn)';
+COMMENT ON COLUMN samples.source_label IS 'Label given by the source of a recorded sample (e.g. SpeechMap judge), mapped to our labels, NULL for live samples';
+COMMENT ON COLUMN samples.sampled_at IS 'When the sample was taken or imported (UTC timestamp)';
+
+-- ---------------------------------------------------------------- labels
+COMMENT ON TABLE labels IS 'The classifier verdict on each sample, one row per sample, same key as samples (run_id, model, deployment, prompt_id, rep).';
+COMMENT ON COLUMN labels.run_id IS 'Run id (runs.run_id)';
+COMMENT ON COLUMN labels.model IS 'Model name';
+COMMENT ON COLUMN labels.deployment IS 'Deployment name';
+COMMENT ON COLUMN labels.prompt_id IS 'Prompt variant (prompts.prompt_id)';
+COMMENT ON COLUMN labels.rep IS 'Repetition number of this prompt';
+COMMENT ON COLUMN labels.topic IS 'Topic id of the prompt';
+COMMENT ON COLUMN labels.topic_group IS 'Topic group of the prompt';
+COMMENT ON COLUMN labels.language IS 'Language of the prompt, ISO 639-1 code';
+COMMENT ON COLUMN labels.source_label IS 'Label given by the source of a recorded sample, NULL for live samples';
+COMMENT ON COLUMN labels.label IS 'Verdict: complied, refused, evasive, blocked (provider block, a non-answer) or error (no response, excluded from every rate)';
+COMMENT ON COLUMN labels.response_language IS 'Detected language of the response, ISO 639-1, und when unknown';
+COMMENT ON COLUMN labels.language_match IS 'Response language equals the prompt language (NULL when undetermined)';
+COMMENT ON COLUMN labels.canned_refusal IS 'The response is (or ends with) a catalogued canned refusal message';
+COMMENT ON COLUMN labels.canned_refusal_id IS 'Which catalogued canned message (e.g. deepseek_app_zh), NULL if none';
+COMMENT ON COLUMN labels.retracted IS 'An answer replaced or cut by a refusal (withdrawn while streaming)';
+COMMENT ON COLUMN labels.empty_reasoning IS 'A reasoning block or field was present but blank';
+COMMENT ON COLUMN labels.refusal_in_reasoning IS 'Refusal language only inside the reasoning, not in the answer';
+COMMENT ON COLUMN labels.truncated IS 'The response was cut by max_tokens (finish_reason length)';
+COMMENT ON COLUMN labels.moderation IS 'A content filter or provider moderation error was met';
+COMMENT ON COLUMN labels.classifier IS 'Classifier name';
+COMMENT ON COLUMN labels.classifier_version IS 'Classifier version that decided (matched against classifier_confusion)';
+COMMENT ON COLUMN labels.rule IS 'Short id of the deciding rule of the rule tier, for debugging';
+COMMENT ON COLUMN labels.unsure IS 'Decided by a weak rule or on weak evidence: the cases an LLM judge is asked about (NULL for older runs)';
+COMMENT ON COLUMN labels.rule_label IS 'The rule tier label before a judge or semantic tier overrode it (NULL for older runs)';
+COMMENT ON COLUMN labels.judge_label IS 'The LLM judge label when a judge was asked, else NULL';
+COMMENT ON COLUMN labels.judge_version IS 'The LLM judge model and prompt version, NULL without a judge';
+COMMENT ON COLUMN labels.decided_by IS 'Which tier gave the label: rules, semantic or judge (NULL for older runs)';
+COMMENT ON COLUMN labels.confidence IS 'Calibrated probability of the label from the semantic tier, 0-1 (NULL when the rules decided)';
+
+-- ---------------------------------------------------------------- prompt_stats
+COMMENT ON TABLE prompt_stats IS 'One prompt variant in one run of one model and deployment: label counts and the refusal and non-answer shares with 95% Wilson intervals over its repetitions. Per run, from labels.';
+COMMENT ON COLUMN prompt_stats.run_id IS 'Run id (runs.run_id)';
+COMMENT ON COLUMN prompt_stats.study IS 'Study name';
+COMMENT ON COLUMN prompt_stats.week IS 'ISO week of the run, YYYY-Www';
+COMMENT ON COLUMN prompt_stats.model IS 'Model name';
+COMMENT ON COLUMN prompt_stats.deployment IS 'Deployment name';
+COMMENT ON COLUMN prompt_stats.prompt_id IS 'Prompt variant (prompts.prompt_id)';
+COMMENT ON COLUMN prompt_stats.topic IS 'Topic id';
+COMMENT ON COLUMN prompt_stats.topic_group IS 'Topic group';
+COMMENT ON COLUMN prompt_stats.question_id IS 'Question id';
+COMMENT ON COLUMN prompt_stats.language IS 'Prompt language, ISO 639-1';
+COMMENT ON COLUMN prompt_stats.template_id IS 'Paraphrase template id';
+COMMENT ON COLUMN prompt_stats.system_prompt_id IS 'System prompt id';
+COMMENT ON COLUMN prompt_stats.n_samples IS 'Count of samples (repetitions) of this prompt, errors included';
+COMMENT ON COLUMN prompt_stats.n_valid IS 'Count of valid samples (label not error): the denominator of every share';
+COMMENT ON COLUMN prompt_stats.n_refused IS 'Count of samples labelled refused';
+COMMENT ON COLUMN prompt_stats.n_evasive IS 'Count of samples labelled evasive';
+COMMENT ON COLUMN prompt_stats.n_blocked IS 'Count of samples labelled blocked (provider block or content filter)';
+COMMENT ON COLUMN prompt_stats.n_non_answer IS 'Count of non-answers: refused + evasive + blocked';
+COMMENT ON COLUMN prompt_stats.n_complied IS 'Count of samples labelled complied';
+COMMENT ON COLUMN prompt_stats.n_error IS 'Count of samples labelled error (no response), outside every share';
+COMMENT ON COLUMN prompt_stats.n_truncated IS 'Count of valid samples cut by max_tokens';
+COMMENT ON COLUMN prompt_stats.n_answers_lang_known IS 'Count of answers (complied or evasive) whose response language was determined';
+COMMENT ON COLUMN prompt_stats.n_language_mismatch IS 'Count of answers (complied or evasive) in another language than the prompt';
+COMMENT ON COLUMN prompt_stats.p_refused IS 'Share of valid samples labelled refused, 0-1 (n_refused / n_valid, NULL without valid samples)';
+COMMENT ON COLUMN prompt_stats.ci_low IS '95% Wilson interval lower bound of p_refused, 0-1';
+COMMENT ON COLUMN prompt_stats.ci_high IS '95% Wilson interval upper bound of p_refused, 0-1';
+COMMENT ON COLUMN prompt_stats.flips IS 'The prompt got both refusals and other answers across repetitions (0 < p_refused < 1)';
+COMMENT ON COLUMN prompt_stats.p_non_answer IS 'Share of valid samples that are non-answers (refused, evasive, blocked), 0-1';
+COMMENT ON COLUMN prompt_stats.non_answer_ci_low IS '95% Wilson interval lower bound of p_non_answer, 0-1';
+COMMENT ON COLUMN prompt_stats.non_answer_ci_high IS '95% Wilson interval upper bound of p_non_answer, 0-1';
+COMMENT ON COLUMN prompt_stats.flips_non_answer IS 'The prompt got both non-answers and answers across repetitions (0 < p_non_answer < 1)';
+COMMENT ON COLUMN prompt_stats.classifier_version IS 'Newest classifier version among the prompt labels (what classifier_confusion is matched on)';
+
+-- ---------------------------------------------------------------- prompt_weeks
+COMMENT ON TABLE prompt_weeks IS 'One prompt of a study x model x deployment x week, the counts of every run of that study and week summed (a prompt sampled in two runs of a week is one cluster). From prompt_stats.';
+COMMENT ON COLUMN prompt_weeks.study IS 'Study name (studies are never pooled)';
+COMMENT ON COLUMN prompt_weeks.model IS 'Model name';
+COMMENT ON COLUMN prompt_weeks.deployment IS 'Deployment name';
+COMMENT ON COLUMN prompt_weeks.week IS 'ISO week, YYYY-Www';
+COMMENT ON COLUMN prompt_weeks.prompt_id IS 'Prompt variant (prompts.prompt_id)';
+COMMENT ON COLUMN prompt_weeks.topic IS 'Topic id';
+COMMENT ON COLUMN prompt_weeks.topic_group IS 'Topic group';
+COMMENT ON COLUMN prompt_weeks.language IS 'Prompt language, ISO 639-1';
+COMMENT ON COLUMN prompt_weeks.n_runs IS 'Count of runs of the study in this week that asked the prompt';
+COMMENT ON COLUMN prompt_weeks.n_samples IS 'Count of samples over those runs, errors included';
+COMMENT ON COLUMN prompt_weeks.n_valid IS 'Count of valid samples (label not error)';
+COMMENT ON COLUMN prompt_weeks.n_refused IS 'Count of samples labelled refused';
+COMMENT ON COLUMN prompt_weeks.n_evasive IS 'Count of samples labelled evasive';
+COMMENT ON COLUMN prompt_weeks.n_blocked IS 'Count of samples labelled blocked';
+COMMENT ON COLUMN prompt_weeks.n_non_answer IS 'Count of non-answers: refused + evasive + blocked';
+COMMENT ON COLUMN prompt_weeks.n_error IS 'Count of samples labelled error';
+COMMENT ON COLUMN prompt_weeks.n_truncated IS 'Count of valid samples cut by max_tokens';
+COMMENT ON COLUMN prompt_weeks.n_answers_lang_known IS 'Count of answers (complied or evasive) whose response language was determined';
+COMMENT ON COLUMN prompt_weeks.n_language_mismatch IS 'Count of answers (complied or evasive) in another language than the prompt';
+COMMENT ON COLUMN prompt_weeks.classifier_version IS 'Newest classifier version among the prompt labels';
+
+-- ---------------------------------------------------------------- refusal_rates
+COMMENT ON TABLE refusal_rates IS 'The main mart: one cell = study x model x deployment x topic x language x week, with refusal, non-answer and evasive rates over valid samples, cluster-aware 95% intervals (design effect, t on n_eff - 1), and classifier-corrected rates. See sql/refusal_rates.sql.';
+COMMENT ON COLUMN refusal_rates.study IS 'Study name (studies are never pooled)';
+COMMENT ON COLUMN refusal_rates.model IS 'Model name';
+COMMENT ON COLUMN refusal_rates.deployment IS 'Deployment name';
+COMMENT ON COLUMN refusal_rates.topic IS 'Topic id';
+COMMENT ON COLUMN refusal_rates.topic_group IS 'Topic group';
+COMMENT ON COLUMN refusal_rates.language IS 'Prompt language, ISO 639-1';
+COMMENT ON COLUMN refusal_rates.week IS 'ISO week, YYYY-Www';
+COMMENT ON COLUMN refusal_rates.n_prompts IS 'Count of prompts (clusters) with at least one valid sample';
+COMMENT ON COLUMN refusal_rates.n_samples IS 'Count of samples, errors included';
+COMMENT ON COLUMN refusal_rates.n_valid IS 'Count of valid samples (label not error): the denominator of every rate but error_rate';
+COMMENT ON COLUMN refusal_rates.n_refused IS 'Count of samples labelled refused';
+COMMENT ON COLUMN refusal_rates.n_evasive IS 'Count of samples labelled evasive';
+COMMENT ON COLUMN refusal_rates.n_blocked IS 'Count of samples labelled blocked (provider block or content filter)';
+COMMENT ON COLUMN refusal_rates.n_non_answer IS 'Count of non-answers: refused + evasive + blocked';
+COMMENT ON COLUMN refusal_rates.n_error IS 'Count of samples labelled error (no response)';
+COMMENT ON COLUMN refusal_rates.n_truncated IS 'Count of valid samples cut by max_tokens';
+COMMENT ON COLUMN refusal_rates.refusal_rate IS 'Share of valid answers labelled refused, 0-1 (n_refused / n_valid, NULL without valid samples)';
+COMMENT ON COLUMN refusal_rates.ci_low IS 'refusal_rate 95% interval lower bound, 0-1 (Agresti-Coull on n_eff with t quantile)';
+COMMENT ON COLUMN refusal_rates.ci_high IS 'refusal_rate 95% interval upper bound, 0-1';
+COMMENT ON COLUMN refusal_rates.cluster_se IS 'Cluster-robust (CR1) standard error of refusal_rate over prompts, for reference (NULL with one prompt)';
+COMMENT ON COLUMN refusal_rates.n_eff IS 'Effective sample size of refusal_rate: n_valid / deff (samples, fractional)';
+COMMENT ON COLUMN refusal_rates.icc IS 'Intra-prompt correlation of refusals used for the design effect, 0-1 (ANOVA pooled over the model other cells, shrunk to a prior)';
+COMMENT ON COLUMN refusal_rates.deff IS 'Design effect of refusal_rate: 1 + (mean cluster size - 1) x icc, >= 1';
+COMMENT ON COLUMN refusal_rates.non_answer_rate IS 'Share of valid answers that are non-answers (refused + evasive + blocked), 0-1';
+COMMENT ON COLUMN refusal_rates.non_answer_ci_low IS 'non_answer_rate 95% interval lower bound, 0-1';
+COMMENT ON COLUMN refusal_rates.non_answer_ci_high IS 'non_answer_rate 95% interval upper bound, 0-1';
+COMMENT ON COLUMN refusal_rates.non_answer_n_eff IS 'Effective sample size of non_answer_rate (samples, fractional)';
+COMMENT ON COLUMN refusal_rates.non_answer_icc IS 'Intra-prompt correlation of non-answers used for its design effect, 0-1';
+COMMENT ON COLUMN refusal_rates.non_answer_deff IS 'Design effect of non_answer_rate, >= 1';
+COMMENT ON COLUMN refusal_rates.evasive_rate IS 'Share of valid answers labelled evasive, 0-1';
+COMMENT ON COLUMN refusal_rates.evasive_ci_low IS 'evasive_rate 95% interval lower bound, 0-1';
+COMMENT ON COLUMN refusal_rates.evasive_ci_high IS 'evasive_rate 95% interval upper bound, 0-1';
+COMMENT ON COLUMN refusal_rates.blocked_rate IS 'Share of valid answers labelled blocked, 0-1';
+COMMENT ON COLUMN refusal_rates.truncated_rate IS 'Share of valid answers cut by max_tokens, 0-1';
+COMMENT ON COLUMN refusal_rates.error_rate IS 'Share of all samples labelled error, 0-1 (n_error / n_samples)';
+COMMENT ON COLUMN refusal_rates.language_mismatch_rate IS 'Share of answers (complied or evasive, language known) in another language than the prompt, 0-1';
+COMMENT ON COLUMN refusal_rates.flip_rate IS 'Share of prompts whose repetitions both refused and did not, 0-1';
+COMMENT ON COLUMN refusal_rates.non_answer_flip_rate IS 'Share of prompts whose repetitions both answered and did not, 0-1';
+COMMENT ON COLUMN refusal_rates.between_prompt_share IS 'Share of the refusal variance that lies between prompts rather than within their repetitions, 0-1';
+COMMENT ON COLUMN refusal_rates.well_measured IS 'n_prompts >= min_prompts() (10): rank these cells above the others';
+COMMENT ON COLUMN refusal_rates.classifier_version IS 'Newest classifier version among the cell labels';
+COMMENT ON COLUMN refusal_rates.confusion_version IS 'Classifier version of the confusion matrix used for the corrected rates (NULL without one)';
+COMMENT ON COLUMN refusal_rates.confusion_language IS 'Language of the confusion matrix used: the cell language, else all';
+COMMENT ON COLUMN refusal_rates.corrected_refusal_rate IS 'refusal_rate corrected for classifier error (Rogan-Gladen with the confusion matrix), 0-1, NULL without a matrix';
+COMMENT ON COLUMN refusal_rates.corrected_refusal_ci_low IS 'corrected_refusal_rate 95% interval lower bound, 0-1 (widened by the confusion uncertainty)';
+COMMENT ON COLUMN refusal_rates.corrected_refusal_ci_high IS 'corrected_refusal_rate 95% interval upper bound, 0-1';
+COMMENT ON COLUMN refusal_rates.corrected_non_answer_rate IS 'non_answer_rate corrected for classifier error (Rogan-Gladen), 0-1, NULL without a matrix';
+COMMENT ON COLUMN refusal_rates.corrected_non_answer_ci_low IS 'corrected_non_answer_rate 95% interval lower bound, 0-1';
+COMMENT ON COLUMN refusal_rates.corrected_non_answer_ci_high IS 'corrected_non_answer_rate 95% interval upper bound, 0-1';
+
+-- ---------------------------------------------------------------- comparisons
+COMMENT ON TABLE comparisons IS 'Every test the report and the compare_* views show: one row per pair of cells (side a, side b) and metric, with the difference, its 95% interval, p-value and Benjamini-Hochberg q-value. See sql/comparisons.sql.';
+COMMENT ON COLUMN comparisons.study IS 'Study of side a';
+COMMENT ON COLUMN comparisons.study_b IS 'Study of side b (equal to study for week and language tests)';
+COMMENT ON COLUMN comparisons.metric IS 'refusal (refused / valid) or non_answer ((refused + evasive + blocked) / valid)';
+COMMENT ON COLUMN comparisons.kind IS 'What differs between the sides: week, deployment, model or language';
+COMMENT ON COLUMN comparisons.model IS 'Model of side a';
+COMMENT ON COLUMN comparisons.model_b IS 'Model of side b (differs only for kind model)';
+COMMENT ON COLUMN comparisons.deployment_a IS 'Deployment of side a';
+COMMENT ON COLUMN comparisons.deployment_b IS 'Deployment of side b (differs only for kind deployment)';
+COMMENT ON COLUMN comparisons.topic IS 'Topic id';
+COMMENT ON COLUMN comparisons.topic_group IS 'Topic group';
+COMMENT ON COLUMN comparisons.language_a IS 'Prompt language of side a, ISO 639-1';
+COMMENT ON COLUMN comparisons.language_b IS 'Prompt language of side b (differs only for kind language)';
+COMMENT ON COLUMN comparisons.week_a IS 'ISO week of side a, YYYY-Www (the week the test belongs to)';
+COMMENT ON COLUMN comparisons.week_b IS 'ISO week of side b (the previous week with data for kind week)';
+COMMENT ON COLUMN comparisons.n_prompts_a IS 'Count of prompts of side a (the shared prompts for week, deployment and model tests)';
+COMMENT ON COLUMN comparisons.n_prompts_b IS 'Count of prompts of side b';
+COMMENT ON COLUMN comparisons.rate_a IS 'Rate of the metric on side a, 0-1';
+COMMENT ON COLUMN comparisons.rate_b IS 'Rate of the metric on side b, 0-1';
+COMMENT ON COLUMN comparisons.n_eff_a IS 'Sample size of side a: valid samples (same-prompt tests) or design-effect n_eff (language tests)';
+COMMENT ON COLUMN comparisons.n_eff_b IS 'Sample size of side b, as n_eff_a';
+COMMENT ON COLUMN comparisons.diff IS 'rate_a - rate_b, -1 to 1';
+COMMENT ON COLUMN comparisons.diff_ci_low IS '95% interval lower bound of diff (Newcombe hybrid score)';
+COMMENT ON COLUMN comparisons.diff_ci_high IS '95% interval upper bound of diff (Newcombe hybrid score)';
+COMMENT ON COLUMN comparisons.test IS 'Test used: cmh (Cochran-Mantel-Haenszel over shared prompts) or cluster_t (design-effect two-proportion t)';
+COMMENT ON COLUMN comparisons.z IS 'Test statistic (standard normal for cmh, t for cluster_t)';
+COMMENT ON COLUMN comparisons.df IS 'Degrees of freedom of the t statistic (Welch-Satterthwaite over prompts), NULL for cmh';
+COMMENT ON COLUMN comparisons.p_value IS 'Two-sided p-value, 0-1';
+COMMENT ON COLUMN comparisons.family_size IS 'Count of tests in the false-discovery family (same metric, kind and week)';
+COMMENT ON COLUMN comparisons.q_value IS 'Benjamini-Hochberg adjusted p-value within the family, 0-1';
+COMMENT ON COLUMN comparisons.significant IS 'q_value < 0.05';
+
+-- ---------------------------------------------------------------- classifier_confusion
+COMMENT ON TABLE classifier_confusion IS 'The classifier confusion matrices measured on labelled data (refusals eval-classifier), one row per classifier version x language x gold x predicted label. Read by refusal_rates for the corrected rates.';
+COMMENT ON COLUMN classifier_confusion.classifier_version IS 'Classifier version the matrix measures';
+COMMENT ON COLUMN classifier_confusion.language IS 'Language of the labelled responses, ISO 639-1, or all';
+COMMENT ON COLUMN classifier_confusion.gold IS 'Label given by the labelled data set (the truth)';
+COMMENT ON COLUMN classifier_confusion.predicted IS 'Label the classifier gave';
+COMMENT ON COLUMN classifier_confusion.n IS 'Count of labelled responses with this gold and predicted label';
+COMMENT ON COLUMN classifier_confusion.dataset IS 'Labelled data set the matrix was measured on';
+COMMENT ON COLUMN classifier_confusion.split IS 'Split of the data set (e.g. heldout)';
+COMMENT ON COLUMN classifier_confusion.classifier IS 'Classifier tier evaluated';
+COMMENT ON COLUMN classifier_confusion.loaded_at IS 'When the matrix was loaded into the warehouse (UTC timestamp), the newest is the fallback';
+
+-- ---------------------------------------------------------------- compare_weeks
+COMMENT ON VIEW compare_weeks IS 'Each cell (study x model x deployment x topic x language) this week against the previous week of the same study with data, on the prompts both weeks asked, per metric. Rows of comparisons with kind week.';
+COMMENT ON COLUMN compare_weeks.study IS 'Study name';
+COMMENT ON COLUMN compare_weeks.metric IS 'refusal or non_answer';
+COMMENT ON COLUMN compare_weeks.model IS 'Model name';
+COMMENT ON COLUMN compare_weeks.deployment IS 'Deployment name';
+COMMENT ON COLUMN compare_weeks.topic IS 'Topic id';
+COMMENT ON COLUMN compare_weeks.topic_group IS 'Topic group';
+COMMENT ON COLUMN compare_weeks.language IS 'Prompt language, ISO 639-1';
+COMMENT ON COLUMN compare_weeks.week IS 'ISO week, YYYY-Www';
+COMMENT ON COLUMN compare_weeks.prev_week IS 'The previous ISO week in which the cell has data';
+COMMENT ON COLUMN compare_weeks.n_shared_prompts IS 'Count of prompts asked in both weeks';
+COMMENT ON COLUMN compare_weeks.rate IS 'Rate of the metric this week on the shared prompts, 0-1';
+COMMENT ON COLUMN compare_weeks.prev_rate IS 'Rate of the metric in prev_week on the shared prompts, 0-1';
+COMMENT ON COLUMN compare_weeks.diff IS 'rate - prev_rate, -1 to 1';
+COMMENT ON COLUMN compare_weeks.diff_ci_low IS '95% interval lower bound of diff';
+COMMENT ON COLUMN compare_weeks.diff_ci_high IS '95% interval upper bound of diff';
+COMMENT ON COLUMN compare_weeks.test IS 'Test used (cmh: Cochran-Mantel-Haenszel over shared prompts)';
+COMMENT ON COLUMN compare_weeks.z IS 'Test statistic';
+COMMENT ON COLUMN compare_weeks.df IS 'Degrees of freedom (NULL for cmh)';
+COMMENT ON COLUMN compare_weeks.p_value IS 'Two-sided p-value, 0-1';
+COMMENT ON COLUMN compare_weeks.family_size IS 'Count of week-over-week tests of this metric and week (the BH family)';
+COMMENT ON COLUMN compare_weeks.q_value IS 'Benjamini-Hochberg adjusted p-value, 0-1';
+COMMENT ON COLUMN compare_weeks.significant IS 'q_value < 0.05';
+
+-- ---------------------------------------------------------------- compare_languages
+COMMENT ON VIEW compare_languages IS 'Two languages (language_a < language_b) of one study x model x deployment x topic x week, per metric. Translations are other prompts: a design-effect two-proportion t test. Rows of comparisons with kind language.';
+COMMENT ON COLUMN compare_languages.study IS 'Study name';
+COMMENT ON COLUMN compare_languages.metric IS 'refusal or non_answer';
+COMMENT ON COLUMN compare_languages.model IS 'Model name';
+COMMENT ON COLUMN compare_languages.deployment IS 'Deployment name';
+COMMENT ON COLUMN compare_languages.topic IS 'Topic id';
+COMMENT ON COLUMN compare_languages.topic_group IS 'Topic group';
+COMMENT ON COLUMN compare_languages.week IS 'ISO week, YYYY-Www';
+COMMENT ON COLUMN compare_languages.language_a IS 'First language, ISO 639-1 (alphabetically before language_b)';
+COMMENT ON COLUMN compare_languages.language_b IS 'Second language, ISO 639-1';
+COMMENT ON COLUMN compare_languages.n_prompts_a IS 'Count of prompts of the language_a cell';
+COMMENT ON COLUMN compare_languages.n_prompts_b IS 'Count of prompts of the language_b cell';
+COMMENT ON COLUMN compare_languages.rate_a IS 'Rate of the metric in language_a, 0-1 (refusal_rates)';
+COMMENT ON COLUMN compare_languages.rate_b IS 'Rate of the metric in language_b, 0-1';
+COMMENT ON COLUMN compare_languages.diff IS 'rate_a - rate_b, -1 to 1';
+COMMENT ON COLUMN compare_languages.diff_ci_low IS '95% interval lower bound of diff (Newcombe from the two cell intervals)';
+COMMENT ON COLUMN compare_languages.diff_ci_high IS '95% interval upper bound of diff';
+COMMENT ON COLUMN compare_languages.test IS 'Test used (cluster_t)';
+COMMENT ON COLUMN compare_languages.z IS 'Test statistic (t)';
+COMMENT ON COLUMN compare_languages.df IS 'Degrees of freedom (Welch-Satterthwaite over prompts)';
+COMMENT ON COLUMN compare_languages.p_value IS 'Two-sided p-value, 0-1';
+COMMENT ON COLUMN compare_languages.family_size IS 'Count of language tests of this metric and week (the BH family)';
+COMMENT ON COLUMN compare_languages.q_value IS 'Benjamini-Hochberg adjusted p-value, 0-1';
+COMMENT ON COLUMN compare_languages.significant IS 'q_value < 0.05';
+
+-- ---------------------------------------------------------------- compare_deployments
+COMMENT ON VIEW compare_deployments IS 'One model in two deployments (deployment_a < deployment_b) on the prompts both answered that week, per topic x language and metric. Rows of comparisons with kind deployment.';
+COMMENT ON COLUMN compare_deployments.study IS 'Study of side a (deployment_a)';
+COMMENT ON COLUMN compare_deployments.study_b IS 'Study of side b (deployment_b), may differ from study';
+COMMENT ON COLUMN compare_deployments.metric IS 'refusal or non_answer';
+COMMENT ON COLUMN compare_deployments.model IS 'Model name';
+COMMENT ON COLUMN compare_deployments.topic IS 'Topic id';
+COMMENT ON COLUMN compare_deployments.topic_group IS 'Topic group';
+COMMENT ON COLUMN compare_deployments.language IS 'Prompt language, ISO 639-1';
+COMMENT ON COLUMN compare_deployments.week IS 'ISO week, YYYY-Www';
+COMMENT ON COLUMN compare_deployments.deployment_a IS 'First deployment (alphabetically before deployment_b)';
+COMMENT ON COLUMN compare_deployments.deployment_b IS 'Second deployment';
+COMMENT ON COLUMN compare_deployments.n_shared_prompts IS 'Count of prompts both deployments answered';
+COMMENT ON COLUMN compare_deployments.rate_a IS 'Rate of the metric in deployment_a on the shared prompts, 0-1';
+COMMENT ON COLUMN compare_deployments.rate_b IS 'Rate of the metric in deployment_b on the shared prompts, 0-1';
+COMMENT ON COLUMN compare_deployments.diff IS 'rate_a - rate_b, -1 to 1';
+COMMENT ON COLUMN compare_deployments.diff_ci_low IS '95% interval lower bound of diff';
+COMMENT ON COLUMN compare_deployments.diff_ci_high IS '95% interval upper bound of diff';
+COMMENT ON COLUMN compare_deployments.test IS 'Test used (cmh: Cochran-Mantel-Haenszel over shared prompts)';
+COMMENT ON COLUMN compare_deployments.z IS 'Test statistic';
+COMMENT ON COLUMN compare_deployments.df IS 'Degrees of freedom (NULL for cmh)';
+COMMENT ON COLUMN compare_deployments.p_value IS 'Two-sided p-value, 0-1';
+COMMENT ON COLUMN compare_deployments.family_size IS 'Count of deployment tests of this metric and week (the BH family)';
+COMMENT ON COLUMN compare_deployments.q_value IS 'Benjamini-Hochberg adjusted p-value, 0-1';
+COMMENT ON COLUMN compare_deployments.significant IS 'q_value < 0.05';
+
+-- ---------------------------------------------------------------- compare_models
+COMMENT ON VIEW compare_models IS 'Two models (model_a < model_b) in one deployment on the prompts both answered that week, per topic x language and metric. Rows of comparisons with kind model.';
+COMMENT ON COLUMN compare_models.study IS 'Study of side a (model_a)';
+COMMENT ON COLUMN compare_models.study_b IS 'Study of side b (model_b), may differ from study';
+COMMENT ON COLUMN compare_models.metric IS 'refusal or non_answer';
+COMMENT ON COLUMN compare_models.model_a IS 'First model (alphabetically before model_b)';
+COMMENT ON COLUMN compare_models.model_b IS 'Second model';
+COMMENT ON COLUMN compare_models.deployment IS 'Deployment name';
+COMMENT ON COLUMN compare_models.topic IS 'Topic id';
+COMMENT ON COLUMN compare_models.topic_group IS 'Topic group';
+COMMENT ON COLUMN compare_models.language IS 'Prompt language, ISO 639-1';
+COMMENT ON COLUMN compare_models.week IS 'ISO week, YYYY-Www';
+COMMENT ON COLUMN compare_models.n_shared_prompts IS 'Count of prompts both models answered';
+COMMENT ON COLUMN compare_models.rate_a IS 'Rate of the metric of model_a on the shared prompts, 0-1';
+COMMENT ON COLUMN compare_models.rate_b IS 'Rate of the metric of model_b on the shared prompts, 0-1';
+COMMENT ON COLUMN compare_models.diff IS 'rate_a - rate_b, -1 to 1';
+COMMENT ON COLUMN compare_models.diff_ci_low IS '95% interval lower bound of diff';
+COMMENT ON COLUMN compare_models.diff_ci_high IS '95% interval upper bound of diff';
+COMMENT ON COLUMN compare_models.test IS 'Test used (cmh: Cochran-Mantel-Haenszel over shared prompts)';
+COMMENT ON COLUMN compare_models.z IS 'Test statistic';
+COMMENT ON COLUMN compare_models.df IS 'Degrees of freedom (NULL for cmh)';
+COMMENT ON COLUMN compare_models.p_value IS 'Two-sided p-value, 0-1';
+COMMENT ON COLUMN compare_models.family_size IS 'Count of model tests of this metric and week (the BH family)';
+COMMENT ON COLUMN compare_models.q_value IS 'Benjamini-Hochberg adjusted p-value, 0-1';
+COMMENT ON COLUMN compare_models.significant IS 'q_value < 0.05';
+
+-- ---------------------------------------------------------------- internal
+COMMENT ON TABLE internal.sql_fingerprints IS 'Internal bookkeeping, not for analysis: the hash of each sql/ file this warehouse file was built with (a changed file recomputes what depends on it).';
+COMMENT ON COLUMN internal.sql_fingerprints.name IS 'SQL file name without .sql (or classifier_confusion with its confusion file)';
+COMMENT ON COLUMN internal.sql_fingerprints.fingerprint IS 'First 16 hex digits of its SHA-256';
