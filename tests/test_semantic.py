@@ -19,7 +19,7 @@ from tests.conftest import write_study
 
 # Held-out floors per language (three-way agreement on the repo's labelled set). The release
 # numbers are in README; these are regression floors a few points below them.
-LANGUAGE_FLOOR = 0.70
+LANGUAGE_FLOOR = 0.70  # the release minimum is 0.76 (fr, 58 answers); a few answers of slack
 NON_ANSWER_BINARY_FLOOR = 0.80
 
 
