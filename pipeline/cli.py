@@ -27,7 +27,8 @@ def _setup_logging(verbose: bool) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.run import run_all
 
-    result = run_all(args.study, run_id=args.run_id, data_dir=args.data_dir, force=args.force)
+    result = run_all(args.study, run_id=args.run_id, data_dir=args.data_dir, force=args.force,
+                     preflight=not args.no_preflight)
     if result.get("skipped") and result.get("reason"):
         print(f"run {result['run_id']}: {result['reason']} (every recorded file was imported by an earlier run; "
               f"--force-reimport imports it again); nothing published")
@@ -38,6 +39,26 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"warehouse: {result['warehouse']}")
         for kind, path in result["report"].items():
             print(f"report ({kind}): {path}")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from pipeline.config import load_study
+    from pipeline.preflight import PreflightFailed, format_plan, plan_study, run_checks
+
+    loaded = load_study(args.study)
+    print(format_plan(plan_study(loaded)))
+    if args.no_check:
+        return 0
+    checks = run_checks(loaded, timeout_s=args.timeout)
+    if checks:
+        print("  checks:")
+    for c in checks:
+        print(f"    {c}")
+    failed = [c for c in checks if not c.ok]
+    if failed:
+        raise PreflightFailed("preflight failed: " + "; ".join(f"{c.model} @ {c.deployment}: {c.message}"
+                                                               for c in failed))
     return 0
 
 
@@ -206,7 +227,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true", help="redo a run that is already published")
     r.add_argument("--force-reimport", action="store_true",
                    help="import recorded files even if a published run already imported the same bytes")
+    r.add_argument("--no-preflight", action="store_true",
+                   help="skip the checks of the live models before sampling (see `refusals plan`)")
     r.set_defaults(func=cmd_run)
+
+    pl = sub.add_parser("plan", help="the work of a study, and a check that its live models answer (no sampling)")
+    pl.add_argument("--study", required=True, help="study YAML file")
+    pl.add_argument("--timeout", type=float, default=10.0, metavar="S",
+                    help="seconds to wait for each endpoint's one-token answer (default 10)")
+    pl.add_argument("--no-check", action="store_true", help="only print the work; contact nothing")
+    pl.set_defaults(func=cmd_plan)
 
     st = sub.add_parser("stage", help="one stage of a run (what Airflow tasks and Ray jobs call)")
     st.add_argument("stage", choices=["prepare", "sample", "label", "validate", "publish", "warehouse", "report"])
