@@ -193,10 +193,14 @@ def _fast_client(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_fail_fast_keeps_the_samples_and_resumes(api: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                 caplog: pytest.LogCaptureFixture) -> None:
+                                                 caplog: pytest.LogCaptureFixture,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    import logging
+
     from pipeline.backends.openai_backend import sample_openai
     from pipeline.prompts import write_prompts
 
+    caplog.set_level(logging.INFO)
     _fast_client(monkeypatch)
     Api.ok_first = 5  # then 500s
     study = load_study(write_study(tmp_path / "s.yaml", repetitions=6,
@@ -209,7 +213,8 @@ def test_fail_fast_keeps_the_samples_and_resumes(api: str, tmp_path: Path, monke
     msg = str(info.value)
     assert "stopped after 3 requests in a row failed" in msg and "HTTP 500" in msg and api in msg
     assert "5 of 24 samples are written and kept" in msg and "run ff-1 resumes" in msg
-    assert msg in caplog.text  # logged too: the Airflow task log shows it
+    out = capsys.readouterr()  # (Airflow's logging, once imported in this process, writes to stdout)
+    assert msg in caplog.text + out.out + out.err  # logged too: the Airflow task log shows it
     assert Api.calls == 5 + 3 * 3  # 3 failing requests × (1 + 2 retries), not 19 × 3
     kept = read_folder(model_dir(tmp_path / "samples", "api", "m"))
     assert kept.num_rows == 5 and kept.column("error").null_count == 5  # failures are not written
