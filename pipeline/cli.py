@@ -215,6 +215,24 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from pipeline.serve import exec_server, serve_command, study_snippet
+
+    extra = list(args.vllm_args or [])
+    if extra[:1] == ["--"]:
+        extra = extra[1:]
+    cmd = serve_command(args.model, host=args.host, port=args.port, name=args.name,
+                        max_model_len=args.max_model_len, extra=extra)
+    if args.dry_run:
+        print(cmd.shell())
+        return 0
+    print(f"serving {cmd.folder} as {cmd.name!r} at {cmd.url} (Ctrl-C stops it); as a deployment of a study:\n"
+          f"{study_snippet(cmd)}", file=sys.stderr)
+    print(f"$ {cmd.shell()}", file=sys.stderr)
+    exec_server(cmd)
+    return 0  # not reached
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="refusals", description="Refusal statistics at scale.")
     p.add_argument("--data-dir", default=None, help="data folder (default ./data or $REFUSALS_DATA_DIR)")
@@ -302,6 +320,18 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("prepare-model", help="convert a builtin model (e.g. smollm2) once, print its folder")
     m.add_argument("name", nargs="?", default="smollm2")
     m.set_defaults(func=cmd_prepare_model)
+
+    sv = sub.add_parser("serve", help="start vLLM's OpenAI-compatible server for a model (a second deployment "
+                        "of the same weights, backend: openai)")
+    sv.add_argument("--model", required=True, help="a Hugging Face model folder, or builtin:smollm2")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
+    sv.add_argument("--name", default=None,
+                    help="the model id clients ask for (default: the builtin model's name, else the folder name)")
+    sv.add_argument("--max-model-len", type=int, default=2048)
+    sv.add_argument("--dry-run", action="store_true", help="print the command line and exit")
+    sv.add_argument("vllm_args", nargs=argparse.REMAINDER, help="after --: more arguments for vLLM")
+    sv.set_defaults(func=cmd_serve)
     return p
 
 
