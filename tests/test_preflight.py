@@ -262,3 +262,22 @@ def test_fail_fast_setting_does_not_change_the_study_hash(tmp_path: Path) -> Non
                                                                    max_consecutive_failures=5)]))
     assert a.study_hash == b.study_hash
     assert a.study.models[0].max_consecutive_failures == 20
+
+
+def test_the_dags_first_task_runs_the_preflight(tmp_path: Path) -> None:
+    """`start_run` is what the DAGs' prepare task calls: with preflight (the DAG's default) a
+    dead endpoint fails it with the cause, after the run is staged (a retry resumes it)."""
+    from pipeline.preflight import PreflightFailed
+    from pipeline.run import start_run
+
+    url = closed_port()
+    study = write_study(tmp_path / "s.yaml", models=[_model(url)])
+    with pytest.raises(PreflightFailed, match=f"connection refused at {url}"):
+        start_run(study, "dag-1", tmp_path / "data", preflight=True)
+    assert (tmp_path / "data" / "staging" / "dag-1" / "run.json").exists()
+    assert start_run(study, "dag-2", tmp_path / "data")["run_id"] == "dag-2"  # preflight off: staged only
+
+
+def test_dag_prepare_passes_the_preflight_param() -> None:
+    source = (Path(__file__).resolve().parent.parent / "dags" / "refusals_common.py").read_text()
+    assert '"preflight": Param(True' in source and 'preflight=params.get("preflight", True)' in source
