@@ -260,6 +260,7 @@ def test_airflow_dags_test_runs_the_study(tmp_path: Path, tiny_model: Path, shar
     conf = json.dumps({"study": str(study), "data_dir": str(data), "run_id": "dag-1"})
     log = _airflow(env, "dags", "test", "refusal_study", "--conf", conf)
     assert "sampling tiny-random @ local-test: 12/12 samples" in log  # progress reaches Airflow's log
+    assert "preflight: tiny-random @ local-test: ok: weights in" in log  # the first task checked the model
     assert (data / "warehouse.duckdb").exists()
     assert list((data / "reports").glob("*/report.html"))
     import duckdb
