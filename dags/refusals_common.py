@@ -140,20 +140,24 @@ def _ray_jobs_address() -> str | None:
 def prepare(weekly: bool = False) -> dict:
     """Name the run (params, else from the logical date), skip it if published, else stage it and
     run the preflight (a dead endpoint or missing weights fail here, with the cause in the log)."""
-    from airflow.exceptions import AirflowSkipException
+    from airflow.exceptions import AirflowFailException, AirflowSkipException
 
     from pipeline import run as stages
+    from pipeline.preflight import PreflightFailed
 
     context = get_current_context()
     params = context["params"]
     when = context.get("logical_date")
     if weekly and when is None:  # a manual run without a logical date samples for this week
         when = getattr(context.get("dag_run"), "run_after", None)
-    run = stages.start_run(params["study"], params.get("run_id"), params.get("data_dir"), when=when,
-                           weekly=weekly, force=bool(params.get("force")),
-                           # the scheduled DAG ends at publish (the weekly report DAG loads and reports)
-                           through="published" if weekly else "reported",
-                           preflight=params.get("preflight", True) is not False)
+    try:
+        run = stages.start_run(params["study"], params.get("run_id"), params.get("data_dir"), when=when,
+                               weekly=weekly, force=bool(params.get("force")),
+                               # the scheduled DAG ends at publish (the weekly report DAG loads and reports)
+                               through="published" if weekly else "reported",
+                               preflight=params.get("preflight", True) is not False)
+    except PreflightFailed as exc:  # a dead endpoint or missing weights: fail now, with the cause, no retries
+        raise AirflowFailException(str(exc)) from None
     if run is None:
         raise AirflowSkipException("this run is already published (set force to redo it)")
     return run

@@ -84,7 +84,7 @@ def _judge_calls_so_far(labels_dir: Path) -> int:
 
 
 def label_run(staging_run: Path, judge: "JudgeConfig | None" = None, *, backend: "JudgeBackend | None" = None,
-              base_dir: Path | None = None, classifier: str = "semantic", cache_path: Path | None = None) -> int:
+              base_dir: Path | None = None, classifier: str | None = None, cache_path: Path | None = None) -> int:
     """Label every samples file of a staging run that has no labels file yet; return rows labelled.
 
     With an enabled ``judge``, unsure rows are sent to it (at most ``judge.max_calls`` judge
@@ -104,6 +104,10 @@ def label_run(staging_run: Path, judge: "JudgeConfig | None" = None, *, backend:
     budget = None
     if use_judge and judge.max_calls is not None:
         budget = max(0, judge.max_calls - _judge_calls_so_far(labels_dir))
+    if classifier is None:  # as a study that does not choose: $REFUSALS_CLASSIFIER, else semantic
+        import os
+
+        classifier = os.environ.get("REFUSALS_CLASSIFIER", "").strip() or "semantic"
     own_backend = False
     tier = None
     n = 0

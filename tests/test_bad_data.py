@@ -64,7 +64,7 @@ def empty_run(staging: Path) -> str:
 @pytest.fixture(scope="module")
 def published(tmp_path_factory) -> tuple[Path, DataDir, dict]:
     root = tmp_path_factory.mktemp("bad")
-    study = write_recorded_study(root / "s", recorded_rows(), name="bad")
+    study = write_recorded_study(root / "s", recorded_rows(), name="bad", force_reimport=True)  # runs share one file
     publish_run(study, root / "data", "good-run")
     data = DataDir(root / "data")
     return study, data, build(data)

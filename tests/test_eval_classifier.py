@@ -83,7 +83,7 @@ def test_report_shapes(speechmap_all: EvalResult) -> None:
     json.dumps(d)
     assert set(d["languages"]) == {"all", "en", "zh", "fi"}
     en = d["languages"]["en"]
-    assert set(en["per_label"]) == {"complied", "refused", "evasive", "error"}
+    assert set(en["per_label"]) == {"complied", "refused", "evasive", "blocked", "error"}
     assert sum(sum(row.values()) for row in en["confusion"].values()) == en["n"]
     text = speechmap_all.to_text()
     assert "language zh" in text and "precision" in text

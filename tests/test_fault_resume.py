@@ -57,7 +57,8 @@ def _stable(text: str) -> str:
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory) -> Path:
-    return write_recorded_study(tmp_path_factory.mktemp("fault") / "studies", recorded_rows(), name="fault")
+    return write_recorded_study(tmp_path_factory.mktemp("fault") / "studies", recorded_rows(), name="fault",
+                                force_reimport=True)  # several runs of one file, on purpose
 
 
 @pytest.fixture(scope="module")

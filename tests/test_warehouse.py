@@ -63,7 +63,8 @@ def recorded_rows() -> list[dict]:
     return rows
 
 
-def write_recorded_study(folder: Path, rows: list[dict], name: str = "wh") -> Path:
+def write_recorded_study(folder: Path, rows: list[dict], name: str = "wh", force_reimport: bool = False) -> Path:
+    """A recorded-only study of ``rows``; ``force_reimport`` lets several runs import the same file."""
     folder.mkdir(parents=True, exist_ok=True)
     src = folder / f"{name}.jsonl"
     src.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
@@ -72,7 +73,8 @@ def write_recorded_study(folder: Path, rows: list[dict], name: str = "wh") -> Pa
         "name": name,
         "catalog": str(Path(__file__).resolve().parent.parent / "catalog"),
         "languages": ["en", "zh"],
-        "recorded": [{"path": str(src), "deployment": "rec", "format": "generic"}],
+        "recorded": [{"path": str(src), "deployment": "rec", "format": "generic",
+                      **({"force_reimport": True} if force_reimport else {})}],
     }), encoding="utf-8")
     return study
 

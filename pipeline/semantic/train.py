@@ -147,9 +147,10 @@ SPEECHMAP_HELDOUT_QUESTIONS = 5  # per category: 6 categories x 37 models x 5 = 
 XSTEST_HELDOUT = 300
 
 
-def load_all(seed: int = 0, *, with_shared: bool = True) -> list[dict[str, Any]]:
-    """Every labelled row, with ``source`` and ``split``."""
-    rows = load_labelled()
+def load_all(seed: int = 0, *, with_shared: bool = True,
+             languages: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+    """Every labelled row, with ``source`` and ``split`` (the repo's set limited to ``languages``)."""
+    rows = [r for r in load_labelled() if languages is None or r["prompt_language"] in languages]
     if with_shared:
         sm = load_speechmap()
         sm_fit = [r for r in sm if split_of(r["split_key"]) != "heldout"]
@@ -227,9 +228,11 @@ def _complied_bias(logits: np.ndarray, rows: list[dict[str, Any]]) -> float:
 
 
 def train(*, seed: int = 0, out: Path = HEAD_PATH, cache_path: Path | None = None,
-          encoder: Encoder | None = None, with_shared: bool = True) -> dict[str, Any]:
-    """Fit, select and calibrate the head, write its artifact; return a summary."""
-    rows = load_all(seed, with_shared=with_shared)
+          encoder: Encoder | None = None, with_shared: bool = True,
+          languages: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Fit, select and calibrate the head, write its artifact; return a summary.
+    ``with_shared``/``languages`` narrow the data (tests); the release head uses everything."""
+    rows = load_all(seed, with_shared=with_shared, languages=languages)
     passes = rule_pass(rows)
     open_idx = [i for i, (c, _) in enumerate(passes) if not rules_decide(c.label, c.rule)]
     enc = encoder or Encoder(cache_path)
