@@ -210,7 +210,8 @@ def test_a_key_cut_by_the_body_limit_is_not_stored(tmp_path: Path, monkeypatch: 
     finally:
         httpd.shutdown()
         httpd.server_close()
-    errors = [e for f in (tmp_path / "samples").rglob("*.parquet") for e in pq.read_table(f).column("error").to_pylist()]
+    chunks = (tmp_path / "samples").rglob("*.parquet")
+    errors = [e for f in chunks for e in pq.read_table(f).column("error").to_pylist()]
     assert len(errors) == 4 and all(e and '"seen": "' in e for e in errors), errors  # cut just after the key began
     assert not [e for e in errors if DAG_KEY[:10] in e], errors
     for f in (f for f in tmp_path.rglob("*") if f.is_file()):
