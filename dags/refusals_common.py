@@ -30,6 +30,9 @@ def run_params(study: str, shards: int | None = None) -> dict[str, Param]:
         "run_id": Param(None, type=["null", "string"], description="resume or name a run"),
         "data_dir": Param(None, type=["null", "string"], description="data folder (default ./data)"),
         "force": Param(False, type="boolean", description="redo a run id that is already published"),
+        "preflight": Param(True, type="boolean",
+                           description="check the live models (endpoint answers, key present, weights there) "
+                           "before sampling, as `refusals plan` does"),
         "ray_jobs_address": Param(
             None,
             type=["null", "string"],
@@ -135,7 +138,8 @@ def _ray_jobs_address() -> str | None:
 
 @task
 def prepare(weekly: bool = False) -> dict:
-    """Name the run (params, else from the logical date), skip it if published, else stage it."""
+    """Name the run (params, else from the logical date), skip it if published, else stage it and
+    run the preflight (a dead endpoint or missing weights fail here, with the cause in the log)."""
     from airflow.exceptions import AirflowSkipException
 
     from pipeline import run as stages
@@ -148,7 +152,8 @@ def prepare(weekly: bool = False) -> dict:
     run = stages.start_run(params["study"], params.get("run_id"), params.get("data_dir"), when=when,
                            weekly=weekly, force=bool(params.get("force")),
                            # the scheduled DAG ends at publish (the weekly report DAG loads and reports)
-                           through="published" if weekly else "reported")
+                           through="published" if weekly else "reported",
+                           preflight=params.get("preflight", True) is not False)
     if run is None:
         raise AirflowSkipException("this run is already published (set force to redo it)")
     return run

@@ -27,7 +27,8 @@ def _setup_logging(verbose: bool) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.run import run_all
 
-    result = run_all(args.study, run_id=args.run_id, data_dir=args.data_dir, force=args.force)
+    result = run_all(args.study, run_id=args.run_id, data_dir=args.data_dir, force=args.force,
+                     preflight=not args.no_preflight)
     if result.get("skipped") and result.get("reason"):
         print(f"run {result['run_id']}: {result['reason']} (every recorded file was imported by an earlier run; "
               f"--force-reimport imports it again); nothing published")
@@ -38,6 +39,26 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"warehouse: {result['warehouse']}")
         for kind, path in result["report"].items():
             print(f"report ({kind}): {path}")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from pipeline.config import load_study
+    from pipeline.preflight import PreflightFailed, format_plan, plan_study, run_checks
+
+    loaded = load_study(args.study)
+    print(format_plan(plan_study(loaded)))
+    if args.no_check:
+        return 0
+    checks = run_checks(loaded, timeout_s=args.timeout)
+    if checks:
+        print("  checks:")
+    for c in checks:
+        print(f"    {c}")
+    failed = [c for c in checks if not c.ok]
+    if failed:
+        raise PreflightFailed("preflight failed: " + "; ".join(f"{c.model} @ {c.deployment}: {c.message}"
+                                                               for c in failed))
     return 0
 
 
@@ -266,6 +287,24 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from pipeline.serve import exec_server, serve_command, study_snippet
+
+    extra = list(args.vllm_args or [])
+    if extra[:1] == ["--"]:
+        extra = extra[1:]
+    cmd = serve_command(args.model, host=args.host, port=args.port, name=args.name,
+                        max_model_len=args.max_model_len, extra=extra)
+    if args.dry_run:
+        print(cmd.shell())
+        return 0
+    print(f"serving {cmd.folder} as {cmd.name!r} at {cmd.url} (Ctrl-C stops it); as a deployment of a study:\n"
+          f"{study_snippet(cmd)}", file=sys.stderr)
+    print(f"$ {cmd.shell()}", file=sys.stderr)
+    exec_server(cmd)
+    return 0  # not reached
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="refusals", description="Refusal statistics at scale.")
     p.add_argument("--data-dir", default=None, help="data folder (default ./data or $REFUSALS_DATA_DIR)")
@@ -278,7 +317,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true", help="redo a run that is already published")
     r.add_argument("--force-reimport", action="store_true",
                    help="import recorded files even if a published run already imported the same bytes")
+    r.add_argument("--no-preflight", action="store_true",
+                   help="skip the checks of the live models before sampling (see `refusals plan`)")
     r.set_defaults(func=cmd_run)
+
+    pl = sub.add_parser("plan", help="the work of a study, and a check that its live models answer (no sampling)")
+    pl.add_argument("--study", required=True, help="study YAML file")
+    pl.add_argument("--timeout", type=float, default=10.0, metavar="S",
+                    help="seconds to wait for each endpoint's one-token answer (default 10)")
+    pl.add_argument("--no-check", action="store_true", help="only print the work; contact nothing")
+    pl.set_defaults(func=cmd_plan)
 
     st = sub.add_parser("stage", help="one stage of a run (what Airflow tasks and Ray jobs call)")
     st.add_argument("stage", choices=["prepare", "sample", "label", "validate", "publish", "warehouse", "report"])
@@ -355,6 +403,18 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("prepare-model", help="convert a builtin model (e.g. smollm2) once, print its folder")
     m.add_argument("name", nargs="?", default="smollm2")
     m.set_defaults(func=cmd_prepare_model)
+
+    sv = sub.add_parser("serve", help="start vLLM's OpenAI-compatible server for a model (a second deployment "
+                        "of the same weights, backend: openai)")
+    sv.add_argument("--model", required=True, help="a Hugging Face model folder, or builtin:smollm2")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
+    sv.add_argument("--name", default=None,
+                    help="the model id clients ask for (default: the builtin model's name, else the folder name)")
+    sv.add_argument("--max-model-len", type=int, default=2048)
+    sv.add_argument("--dry-run", action="store_true", help="print the command line and exit")
+    sv.add_argument("vllm_args", nargs=argparse.REMAINDER, help="after --: more arguments for vLLM")
+    sv.set_defaults(func=cmd_serve)
     return p
 
 

@@ -324,6 +324,10 @@ class ModelSpec(_Served):
 
     name: str = Field(min_length=1, description="model name as it appears in the marts")
     deployment: Slug
+    # openai: stop sampling this deployment after this many requests in a row failed in
+    # transport (refused, timed out, 5xx/429 or a refused key, each after its retries); the
+    # samples written so far are kept and a resume asks only for the rest. 0: never stop.
+    max_consecutive_failures: int = Field(20, ge=0, le=1_000_000)
 
 
 class JudgeConfig(_Served):
@@ -481,12 +485,12 @@ def load_study(path: str | Path) -> LoadedStudy:
 # How a run is executed, not what it measures: changing these resumes the same run.
 EXECUTION_FIELDS = ("replicas", "batch_size", "cpus_per_replica", "gpus_per_replica",
                     "gpu_memory_utilization", "kv_cache_memory_bytes")
-SERVED_EXECUTION_FIELDS = ("concurrency",)
+SERVED_EXECUTION_FIELDS = ("concurrency", "max_consecutive_failures")
 
 
 def _measured(dumped: dict[str, Any]) -> dict[str, Any]:
     """The study as hashed: without execution settings (ray_address, engine replicas, batch size,
-    cpus/gpus per replica, memory knobs, HTTP concurrency)."""
+    cpus/gpus per replica, memory knobs, HTTP concurrency, the fail-fast threshold)."""
     dumped.pop("ray_address", None)
     dumped.pop("classifier", None)  # labels are derived; re-labelling needs no new run
     for r in dumped.get("recorded") or []:

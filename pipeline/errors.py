@@ -17,3 +17,8 @@ class ValidationFailed(Exception):
     def __init__(self, message: str, summary_path: str | None = None) -> None:
         super().__init__(message)
         self.summary_path = summary_path
+
+
+class DeploymentFailing(UserError):
+    """A deployment's requests kept failing in transport: its sampling stopped early (fail fast).
+    The samples written so far are kept; resuming the run asks only for the rest."""

@@ -87,12 +87,14 @@ def weekly_run_id(study: str, when: date) -> str:
 
 def start_run(study_path: str | Path, run_id: str | None = None, data_dir: str | Path | None = None, *,
               when: datetime | None = None, weekly: bool = False, force: bool = False,
-              through: str = "reported") -> dict[str, Any] | None:
+              through: str = "reported", preflight: bool = False) -> dict[str, Any] | None:
     """Name a run, and prepare it unless it is already published (then None; `force` redoes it).
 
     The run id is `run_id` if given, else `weekly_run_id` (weekly) or `default_run_id` of
     `when` (an orchestrator's logical date); the run date is `when`'s date, so a backfilled
     week lands in that week of the marts. Returns what later stages need to find the run.
+    With `preflight`, a run that has sampling left checks its live models first
+    (`pipeline.preflight`: a dead endpoint fails here, with its cause, not mid-sampling).
     `through` is the last step of the caller's flow: a run that finished it is skipped (the
     scheduled DAG ends at `published`; its loading and report belong to the weekly report DAG)."""
     loaded = load_study(study_path)
@@ -106,6 +108,8 @@ def start_run(study_path: str | Path, run_id: str | None = None, data_dir: str |
         record = ctx.record()
     else:
         record = prepare(ctx, run_date=when.date() if when else None)
+        if preflight:
+            check_live_models(ctx)
     return {"study": str(loaded.path), "run_id": run_id, "data_dir": None if data_dir is None else str(data_dir),
             "run_date": record["run_date"], "week": record["week"]}
 
@@ -616,17 +620,28 @@ def skip_published(ctx: RunContext, force: bool, through: str = "reported") -> b
     return False
 
 
+def check_live_models(ctx: RunContext) -> None:
+    """The preflight of a run that still has sampling to do (after prepare, which checks the
+    names before any request): every live model answers, else PreflightFailed with the cause."""
+    if not ctx.loaded.study.models or "sampled" in ctx.steps():
+        return
+    from pipeline.preflight import preflight
+
+    preflight(ctx.loaded)
+
+
 def run_all(study_path: str | Path, run_id: str | None = None, data_dir: str | Path | None = None,
-            force: bool = False) -> dict[str, Any]:
-    """All stages for one study in this process (what `refusals run` does)."""
+            force: bool = False, preflight: bool = True) -> dict[str, Any]:
+    """All stages for one study in this process (what `refusals run` does); `preflight` checks
+    the live models (pipeline.preflight) before sampling."""
     from pipeline.locks import run_lock
 
     ctx = context(study_path, run_id, data_dir)
     with run_lock(ctx.data, ctx.run_id):
-        return _run_all(ctx, force)
+        return _run_all(ctx, force, preflight)
 
 
-def _run_all(ctx: RunContext, force: bool) -> dict[str, Any]:
+def _run_all(ctx: RunContext, force: bool, preflight: bool = True) -> dict[str, Any]:
     if skip_published(ctx, force):
         return {"run_id": ctx.run_id, "skipped": True, "warehouse": str(ctx.data.warehouse)}
     steps = ctx.steps()
@@ -635,6 +650,8 @@ def _run_all(ctx: RunContext, force: bool) -> dict[str, Any]:
     if "published" not in steps:
         # each stage resumes by itself: sampling draws only missing keys, labels only new files
         prepare(ctx)
+        if preflight:
+            check_live_models(ctx)
         sample(ctx)
         from pipeline.runs import nothing_staged
 

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from pipeline.backends.base import RESULT_FIELDS, Request, SamplingSettings
 from pipeline.config import LoadedStudy, ModelSpec
-from pipeline.errors import UserError
+from pipeline.errors import DeploymentFailing, UserError
 from pipeline.lake import hive_path, parquet_files, readable_parquet, set_aside, staging_root, write_parquet_atomic
 
 log = logging.getLogger(__name__)
@@ -352,10 +352,16 @@ def sample_study(loaded: LoadedStudy, run_id: str, staging_run: Path) -> list[Sa
     summaries = import_recorded(loaded, run_id, prompts_dir, samples_dir)
     if not loaded.study.models:
         return summaries
+    failing: list[str] = []
     with _ray_session():
         catalog_prompts = pq.read_table(prompts_dir / "catalog.parquet")
         for spec in loaded.study.models:
-            summaries.append(_sample_model(loaded, spec, run_id, catalog_prompts, samples_dir))
+            try:
+                summaries.append(_sample_model(loaded, spec, run_id, catalog_prompts, samples_dir))
+            except DeploymentFailing as exc:  # the other deployments still sample their share
+                failing.append(str(exc))
+    if failing:
+        raise DeploymentFailing("; ".join(failing))
     return summaries
 
 

@@ -260,6 +260,7 @@ def test_airflow_dags_test_runs_the_study(tmp_path: Path, tiny_model: Path, shar
     conf = json.dumps({"study": str(study), "data_dir": str(data), "run_id": "dag-1"})
     log = _airflow(env, "dags", "test", "refusal_study", "--conf", conf)
     assert "sampling tiny-random @ local-test: 12/12 samples" in log  # progress reaches Airflow's log
+    assert "preflight: tiny-random @ local-test: ok: weights in" in log  # the first task checked the model
     assert (data / "warehouse.duckdb").exists()
     assert list((data / "reports").glob("*/report.html"))
     import duckdb
@@ -399,3 +400,27 @@ def test_a_run_that_fails_validation_fails_the_dag_and_touches_nothing(tmp_path:
     assert (data / "validation" / "flaky-1" / "index.html").exists()
     assert not list((data / "lake").rglob("*.parquet")) if (data / "lake").exists() else True
     assert not (data / "warehouse.duckdb").exists() and not (data / "reports").exists()
+
+
+@pytest.mark.slow
+def test_a_dead_endpoint_fails_the_first_task_with_its_cause(tmp_path: Path) -> None:
+    """The preflight in the prepare task: a live model whose endpoint refuses connections fails
+    the DAG run at its first task (after its 2 retries, a minute apart: an endpoint that comes
+    back within them is not a failure), the cause in the task log; nothing is sampled."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    study = write_study(tmp_path / "study.yaml", name="deadapi", models=[
+        {"name": "m", "deployment": "api", "backend": "openai", "base_url": url}])
+    env = _airflow_env(tmp_path / "airflow")
+    _airflow(env, "db", "migrate", timeout=300)
+    data = tmp_path / "data"
+    conf = json.dumps({"study": str(study), "data_dir": str(data), "run_id": "dead-1"})
+    out = subprocess.run([sys.executable, "-m", "airflow", "dags", "test", "refusal_study", "--conf", conf],
+                         env=env, capture_output=True, text=True, timeout=900, cwd=REPO)
+    log = out.stdout + out.stderr
+    assert f"connection refused at {url}" in log and "preflight failed" in log, log[-3000:]
+    assert re.search(r"DagRun Finished: dag_id=refusal_study[^\n]*state=failed", log), log[-3000:]
+    assert not list(data.rglob("chunk-*.parquet"))

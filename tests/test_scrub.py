@@ -103,7 +103,8 @@ def test_echoed_key_never_stored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 
 def test_echoed_key_never_stored_through_the_cli(tmp_path: Path) -> None:
-    """The same echoing server, through `python -m pipeline -v run` as a user runs it: every
+    """The same echoing server, through `python -m pipeline -v plan` (refused: exit 2) and
+    `python -m pipeline -v run --no-preflight` as a user runs it: every
     request fails, the run is quarantined (exit 3), and neither the data folder (lake,
     staging, quarantine, validation pages, records, locks) nor the DEBUG log holds the key."""
     import os
@@ -122,9 +123,14 @@ def test_echoed_key_never_stored_through_the_cli(tmp_path: Path) -> None:
          "api_key_env": "ECHO_KEY", "concurrency": 4}])
     env = {**os.environ, "ECHO_KEY": KEY, "REFUSALS_DATA_DIR": str(data), "PYTHONPATH": str(REPO)}
     try:
+        # the preflight's one request gets the 401 (echoing the key): it fails, and says so without the key
+        plan = subprocess.run([sys.executable, "-m", "pipeline", "-v", "plan", "--study", str(study)], cwd=REPO,
+                              env=env, capture_output=True, text=True, timeout=120)
+        assert plan.returncode == 2 and "HTTP 401" in plan.stderr and "Traceback" not in plan.stderr, plan.stderr
+        assert KEY not in plan.stdout + plan.stderr
         proc = subprocess.run([sys.executable, "-m", "pipeline", "-v", "run", "--study", str(study),
-                               "--run-id", "echo-1"], cwd=REPO, env=env, capture_output=True, text=True,
-                              timeout=600)
+                               "--run-id", "echo-1", "--no-preflight"], cwd=REPO, env=env, capture_output=True,
+                              text=True, timeout=600)
     finally:
         httpd.shutdown()
         httpd.server_close()

@@ -4,6 +4,10 @@
 - bounded concurrency (`concurrency` requests in flight);
 - retries with exponential backoff and full jitter on 429, 5xx, timeouts and connection
   errors, honouring `Retry-After`; after the last try the sample becomes an `error` row;
+- failing fast: after `max_consecutive_failures` requests in a row failed in transport
+  (refused, timed out, 429/5xx after the retries, or 401/403/404), the deployment's sampling
+  stops with `DeploymentFailing` naming the cause; what was sampled is kept, and the failed
+  requests of the last chunk are not written, so a resume asks for them again;
 - streaming capture: the streamed text is kept when it differs from the final answer (a
   provider that replaces or cuts an answer after streaming it: a retraction);
 - the API key comes from the environment variable `api_key_env` or, failing that, from the
@@ -16,6 +20,7 @@ import json
 import logging
 import os
 import random
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -26,12 +31,15 @@ import pyarrow as pa
 
 from pipeline.backends.base import Request, SamplingSettings, error_result, split_reasoning
 from pipeline.config import LoadedStudy, ModelSpec
-from pipeline.errors import UserError
+from pipeline.errors import DeploymentFailing, UserError
 from pipeline.scrub import scrub
 
 log = logging.getLogger(__name__)
 
 RETRYABLE = {408, 409, 425, 429, 500, 502, 503, 504}
+# A deployment that answers these refuses every request alike (a bad key, a wrong URL): they
+# count towards failing fast like transport errors, without retries.
+DEPLOYMENT_ERRORS = {401, 403, 404}
 
 
 def api_key(spec: ModelSpec) -> str | None:
@@ -155,33 +163,69 @@ class OpenAIClient:
             "streamed_text": streamed,
         }
 
-    def complete(self, req: Request, s: SamplingSettings) -> dict[str, Any]:
-        """One sample, with retries; a request that keeps failing comes back as an error row."""
+    def complete(self, req: Request, s: SamplingSettings,
+                 stop: threading.Event | None = None) -> dict[str, Any] | None:
+        """One sample, with retries; a request that keeps failing comes back as an error row,
+        with `transport_failure` True when the cause was the connection or the deployment
+        (not this request). With `stop` set (the deployment is failing), None: abandoned."""
         import httpx
 
         last = "unknown error"
+        transport = False
         for attempt in range(self.max_retries + 1):
+            if stop is not None and stop.is_set():
+                return None
             retry_after: float | None = None
             try:
-                return self._once(req, s)
+                return {**self._once(req, s), "transport_failure": False}
             except httpx.HTTPStatusError as exc:
                 code = exc.response.status_code
                 # scrub the whole body, then cut it: a cut first can split the key, and a split
                 # key no longer matches its value (its first characters would be stored)
                 last = f"HTTP {code}: {(scrub(exc.response.text, self._secrets) or '')[:300]}"
+                transport = code in RETRYABLE or code in DEPLOYMENT_ERRORS
                 if code not in RETRYABLE:
                     break
                 ra = exc.response.headers.get("retry-after")
                 retry_after = float(ra) if ra and ra.replace(".", "", 1).isdigit() else None
-            except (httpx.TimeoutException, httpx.TransportError, StreamError, json.JSONDecodeError) as exc:
+            except (httpx.TimeoutException, httpx.TransportError) as exc:
                 last = f"{type(exc).__name__}: {exc}"
+                transport = True
+            except (StreamError, json.JSONDecodeError) as exc:
+                last = f"{type(exc).__name__}: {exc}"
+                transport = False
             except Exception as exc:  # a malformed answer: record it, never fail the whole stage
                 last = f"unexpected response: {type(exc).__name__}: {exc}"
+                transport = False
                 break
             if attempt < self.max_retries:
                 cap = min(self.backoff_cap_s, self.backoff_base_s * 2**attempt)
-                time.sleep(retry_after if retry_after is not None else random.uniform(0, cap))
-        return error_result(req, scrub(last, self._secrets))
+                delay = retry_after if retry_after is not None else random.uniform(0, cap)
+                if stop is None:
+                    time.sleep(delay)
+                elif stop.wait(delay):
+                    return None
+        return {**error_result(req, scrub(last, self._secrets)), "transport_failure": transport}
+
+
+class FailureStreak:
+    """Requests that failed in transport in a row (in completion order, across threads); sets
+    `stop` when there are `limit` of them (0: never)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.count, self.last = limit, 0, ""
+        self.stop = threading.Event()
+        self._lock = threading.Lock()
+
+    def add(self, result: dict[str, Any]) -> None:
+        with self._lock:
+            if result.get("transport_failure"):
+                self.count += 1
+                self.last = result.get("error") or ""
+                if self.limit and self.count >= self.limit:
+                    self.stop.set()
+            elif not self.stop.is_set():
+                self.count = 0
 
 
 class StreamError(Exception):
@@ -203,16 +247,36 @@ def sample_openai(loaded: LoadedStudy, spec: ModelSpec, run_id: str, prompts: pa
     client = client or OpenAIClient(spec)
     progress = Progress(f"sampling {spec.name} @ {spec.deployment}", expected, len(done))
     chunk = max(spec.concurrency * 4, spec.engine.batch_size)
+    streak = FailureStreak(spec.max_consecutive_failures)
+
+    def ask(req: Request) -> dict[str, Any] | None:
+        if streak.stop.is_set():
+            return None
+        result = client.complete(req, settings, stop=streak.stop)
+        if result is not None:
+            streak.add(result)
+        return result
+
     try:
         with ThreadPoolExecutor(max_workers=spec.concurrency) as pool:
             for i in range(0, len(requests), chunk):
-                batch = requests[i : i + chunk]
-                results = list(pool.map(lambda r: client.complete(r, settings), batch))
-                table = _rows_to_table(results, run_id=run_id, study=study.name, spec_model=spec.name,
-                                       deployment=spec.deployment, backend="openai", prompts=by_id,
-                                       settings=settings)
-                write_parquet_atomic(table, folder / f"chunk-{uuid.uuid4().hex[:12]}.parquet")
-                progress.update(table.num_rows)
+                results = list(pool.map(ask, requests[i : i + chunk]))
+                if streak.stop.is_set():
+                    # keep what was answered; the transport failures are asked again on resume
+                    results = [r for r in results if r is not None and not r["transport_failure"]]
+                if results:
+                    table = _rows_to_table(results, run_id=run_id, study=study.name, spec_model=spec.name,
+                                           deployment=spec.deployment, backend="openai", prompts=by_id,
+                                           settings=settings)
+                    write_parquet_atomic(table, folder / f"chunk-{uuid.uuid4().hex[:12]}.parquet")
+                    progress.update(table.num_rows)
+                if streak.stop.is_set():
+                    cause = (f"{spec.name} @ {spec.deployment}: sampling stopped after {streak.count} requests in "
+                             f"a row failed (max_consecutive_failures: {streak.limit}); last error at "
+                             f"{spec.base_url}: {streak.last}. {progress.done} of {expected} samples are written "
+                             f"and kept; run {run_id} resumes with the rest once the endpoint answers")
+                    log.error("%s", cause)
+                    raise DeploymentFailing(cause)
     finally:
         client.close()
     return summary
