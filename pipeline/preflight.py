@@ -184,7 +184,7 @@ def check_endpoint(spec: Any, timeout_s: float = CHECK_TIMEOUT_S) -> Check:
     except httpx.HTTPError as exc:
         return Check(spec.name, spec.deployment, False, scrub(_transport_cause(exc, base, timeout_s), secrets))
     code = resp.status_code
-    body = scrub(resp.text[:200].strip(), secrets)
+    body = (scrub(resp.text, secrets) or "")[:200].strip()  # scrubbed whole, then cut (a cut key would stay)
     if code < 300:
         notes.append(f"{base} answers (HTTP {code})")
         return Check(spec.name, spec.deployment, True, "; ".join(notes))

@@ -180,7 +180,9 @@ class OpenAIClient:
                 return {**self._once(req, s), "transport_failure": False}
             except httpx.HTTPStatusError as exc:
                 code = exc.response.status_code
-                last = f"HTTP {code}: {exc.response.text[:300]}"
+                # scrub the whole body, then cut it: a cut first can split the key, and a split
+                # key no longer matches its value (its first characters would be stored)
+                last = f"HTTP {code}: {(scrub(exc.response.text, self._secrets) or '')[:300]}"
                 transport = code in RETRYABLE or code in DEPLOYMENT_ERRORS
                 if code not in RETRYABLE:
                     break
