@@ -299,8 +299,8 @@ def _dag_has_preflight() -> bool:
 @pytest.mark.slow
 def test_preflight_refusal_under_airflow_keeps_the_key_out(tmp_path: Path) -> None:
     """With the preflight on (the DAG's default), its request gets the 401 echoing the key:
-    the prepare task fails (3 tries, Airflow's retry delay between them: the slow part), the
-    message names the HTTP status, nothing is sampled, and the key is nowhere."""
+    the prepare task fails at once (a failed preflight is not retried), the message names the
+    HTTP status, nothing is sampled, and the key is nowhere."""
     import re
 
     if not _dag_has_preflight():
