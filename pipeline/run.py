@@ -421,7 +421,7 @@ def publish(ctx: RunContext, validation: dict[str, Any] | None = None) -> dict[s
         "repetitions": record["repetitions"],
         "models": json.dumps(samples["models"], ensure_ascii=False),
         "deployments": json.dumps(samples["deployments"]),
-        "classifier": _classifier_version(),
+        "classifier": _classifier_version(ctx.staging / "labels"),
         "validation": json.dumps(validation, default=str),
     }
     path = hive_path(ctx.data.dataset("runs"), study=record["study"], run_id=ctx.run_id) / "run.parquet"
@@ -487,10 +487,19 @@ def _run_totals(files: list[Path]) -> dict[str, Any]:
         con.close()
 
 
-def _classifier_version() -> str:
+def _classifier_version(labels_dir: Path | None = None) -> str:
+    """The classifier(s) that labelled the run, as `name-version` (several joined by ", "),
+    read from its labels; the rule tier's own version when there are none."""
     from pipeline.classify import CLASSIFIER_NAME, CLASSIFIER_VERSION
 
-    return f"{CLASSIFIER_NAME}-{CLASSIFIER_VERSION}"
+    seen: set[str] = set()
+    for f in parquet_files(labels_dir) if labels_dir is not None and labels_dir.exists() else []:
+        names = pq.read_schema(f).names
+        if "classifier" in names and "classifier_version" in names:
+            t = pq.read_table(f, columns=["classifier", "classifier_version"])
+            seen.update(f"{c}-{v}" for c, v in set(zip(t.column(0).to_pylist(), t.column(1).to_pylist()))
+                        if c is not None)
+    return ", ".join(sorted(seen)) or f"{CLASSIFIER_NAME}-{CLASSIFIER_VERSION}"
 
 
 def warehouse(ctx: RunContext) -> dict[str, int]:

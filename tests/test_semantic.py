@@ -220,7 +220,9 @@ def test_run_with_semantic_classifier(tmp_path: Path) -> None:
     result = run_all(study, run_id="sem-1", data_dir=tmp_path / "data")
     con = duckdb.connect(str(result["warehouse"]), read_only=True)
     got = con.execute("SELECT label, decided_by, confidence, classifier, classifier_version FROM labels").fetchall()
+    (run_classifier,) = con.execute("SELECT classifier FROM runs").fetchone()
     con.close()
+    assert run_classifier == f"rules+semantic-{got[0][4]}"  # the run says which classifier labelled it
     assert len(got) == len(rows)
     assert {g[1] for g in got} <= {"rules", "semantic"} and "semantic" in {g[1] for g in got}
     assert all(g[3] == "rules+semantic" and "+head-" in g[4] for g in got)
